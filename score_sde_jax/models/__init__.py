@@ -1,0 +1,41 @@
+"""Score networks and the glue that turns a config into a network and a network into a score.
+
+`get_model(config)` builds the Flax module named by ``config.model.name``;
+`get_score_fn(sde, model, continuous)` adapts its raw output to a score function
+``score_fn(params, x, t, rng=None)`` (see `score_sde_jax.score_fns`).
+"""
+
+import importlib
+
+# model name -> module that defines and registers it; imported lazily so that building one
+# network does not import every architecture.
+_MODEL_MODULES = {
+    "ncsnpp": "ncsnpp",
+    "ddpm": "ddpm",
+    "ncsn": "ncsnv2",
+    "ncsnv2_64": "ncsnv2",
+    "ncsnv2_128": "ncsnv2",
+    "ncsnv2_256": "ncsnv2",
+    "mlp": "mlp",
+}
+
+_MODELS = {}
+
+
+def register_model(name: str):
+    """Class decorator: ``cls.from_config(config)`` becomes buildable as ``model.name = name``."""
+
+    def decorator(cls):
+        _MODELS[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_model(config):
+    """Builds the (uninitialised) Flax module for ``config.model.name``."""
+    name = config.model.name
+    if name not in _MODEL_MODULES:
+        raise ValueError(f"Unknown model {name!r}; valid names: {sorted(_MODEL_MODULES)}.")
+    importlib.import_module(f"{__name__}.{_MODEL_MODULES[name]}")
+    return _MODELS[name].from_config(config)

@@ -1,0 +1,265 @@
+"""NCSN++ and DDPM++ (Song et al. 2021, App. H; facts §6.2): one configurable U-Net.
+
+NCSN++ = BigGAN residual blocks + FIR resampling + an input pyramid; DDPM++ is the same class
+without FIR and pyramid. The parameter tree equals the original's (module class names and
+creation order), except that GroupNorm ``scale``/``bias`` have modern Flax's (C,) shape instead
+of the released checkpoints' (1, 1, 1, C).
+"""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde_jax.models import layerspp, register_model
+from score_sde_jax.models.layers import (
+    GaussianFourierProjection,
+    ddpm_conv3x3,
+    default_init,
+    get_act,
+    get_timestep_embedding,
+)
+
+_SQRT2 = math.sqrt(2.0)
+
+RESBLOCK_TYPES = ("ddpm", "biggan")
+PROGRESSIVE = ("none", "output_skip", "residual")
+PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
+PROGRESSIVE_COMBINE = ("sum", "cat")
+EMBEDDING_TYPES = ("fourier", "positional")
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"model.{field}={value!r} is not valid; choose one of {list(choices)}.")
+
+
+@register_model("ncsnpp")
+class NCSNpp(nn.Module):
+    """NCSN++ / DDPM++ score network, ``__call__(x [B,H,W,C], time_cond [B], train)``.
+
+    ``time_cond`` is σ for ``embedding_type='fourier'`` (the embedding sees log σ) and the raw
+    label (999t, (N−1)t or an integer noise index) for ``'positional'``. With ``scale_by_sigma``
+    the output is divided by σ: the label itself (Fourier) or ``sigmas[int(label)]`` with
+    ``sigmas = exp(linspace(log σ_max, log σ_min, N))`` (positional).
+
+    Attributes mirror ``config.model`` (facts §6.2, Table 7.3.C); ``centered`` is
+    ``config.data.centered`` (inputs in [0, 1] are mapped to [−1, 1] when False).
+    """
+
+    nf: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 4
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    resamp_with_conv: bool = True
+    conditional: bool = True
+    fir: bool = True
+    fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    skip_rescale: bool = True
+    resblock_type: str = "biggan"
+    progressive: str = "none"
+    progressive_input: str = "residual"
+    progressive_combine: str = "sum"
+    embedding_type: str = "fourier"
+    fourier_scale: float = 16.0
+    init_scale: float = 0.0
+    scale_by_sigma: bool = True
+    centered: bool = False
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    num_scales: int = 1000
+    nonlinearity: str = "swish"
+
+    def __post_init__(self):
+        _check_choice("resblock_type", self.resblock_type, RESBLOCK_TYPES)
+        _check_choice("progressive", self.progressive, PROGRESSIVE)
+        _check_choice("progressive_input", self.progressive_input, PROGRESSIVE_INPUT)
+        _check_choice("progressive_combine", self.progressive_combine, PROGRESSIVE_COMBINE)
+        _check_choice("embedding_type", self.embedding_type, EMBEDDING_TYPES)
+        get_act(self.nonlinearity)
+        super().__post_init__()
+
+    @classmethod
+    def from_config(cls, config) -> "NCSNpp":
+        """Builds the network from a config with the original keys (``config.model.*``).
+
+        Raises:
+          ValueError: an unknown switch value, or Fourier features without continuous training
+            (the Fourier embedding takes log σ, which only continuous VE training feeds in).
+        """
+        m = config.model
+        embedding_type = m.embedding_type.lower()
+        if embedding_type == "fourier" and not config.training.continuous:
+            raise ValueError(
+                "model.embedding_type='fourier' needs training.continuous=True (the network is fed"
+                " σ); use embedding_type='positional' for discrete training."
+            )
+        return cls(
+            nf=m.nf,
+            ch_mult=tuple(m.ch_mult),
+            num_res_blocks=m.num_res_blocks,
+            attn_resolutions=tuple(m.attn_resolutions),
+            dropout=m.dropout,
+            resamp_with_conv=m.resamp_with_conv,
+            conditional=m.conditional,
+            fir=m.fir,
+            fir_kernel=tuple(m.get("fir_kernel", (1, 3, 3, 1))),
+            skip_rescale=m.skip_rescale,
+            resblock_type=m.resblock_type.lower(),
+            progressive=m.progressive.lower(),
+            progressive_input=m.progressive_input.lower(),
+            progressive_combine=m.progressive_combine.lower(),
+            embedding_type=embedding_type,
+            fourier_scale=m.get("fourier_scale", 16.0),
+            init_scale=m.init_scale,
+            scale_by_sigma=m.scale_by_sigma,
+            centered=config.data.centered,
+            sigma_min=m.sigma_min,
+            sigma_max=m.sigma_max,
+            num_scales=m.num_scales,
+            nonlinearity=m.nonlinearity.lower(),
+        )
+
+    @nn.compact
+    def __call__(self, x, time_cond, train: bool = False):
+        act = get_act(self.nonlinearity)
+        nf = self.nf
+        num_resolutions = len(self.ch_mult)
+        channels = x.shape[-1]
+
+        # 1. Time / noise-level embedding.
+        if self.embedding_type == "fourier":
+            temb = GaussianFourierProjection(embedding_size=nf, scale=self.fourier_scale)(
+                jnp.log(time_cond)
+            )
+        else:
+            temb = get_timestep_embedding(time_cond, nf)
+        if self.conditional:
+            temb = nn.Dense(nf * 4, kernel_init=default_init())(temb)
+            temb = nn.Dense(nf * 4, kernel_init=default_init())(act(temb))
+        else:
+            temb = None
+
+        attn_block = functools.partial(
+            layerspp.AttnBlockpp, init_scale=self.init_scale, skip_rescale=self.skip_rescale
+        )
+        if self.resblock_type == "biggan":
+            resnet_block = functools.partial(
+                layerspp.ResnetBlockBigGANpp,
+                act=act,
+                dropout=self.dropout,
+                fir=self.fir,
+                fir_kernel=self.fir_kernel,
+                init_scale=self.init_scale,
+                skip_rescale=self.skip_rescale,
+            )
+        else:
+            resnet_block = functools.partial(
+                layerspp.ResnetBlockDDPMpp,
+                act=act,
+                dropout=self.dropout,
+                init_scale=self.init_scale,
+                skip_rescale=self.skip_rescale,
+            )
+        resample = dict(fir=self.fir, fir_kernel=self.fir_kernel)
+
+        def merge_residual(a, b):
+            return (a + b) / _SQRT2 if self.skip_rescale else a + b
+
+        def head(h, out_ch, init_scale):
+            return ddpm_conv3x3(out_ch, init_scale=init_scale)(
+                act(layerspp.group_norm(h.shape[-1])(h))
+            )
+
+        # 2. Data in [0, 1] is mapped to [-1, 1]; the input pyramid starts from that image.
+        if not self.centered:
+            x = 2 * x - 1.0
+        input_pyramid = x if self.progressive_input != "none" else None
+
+        # 3-4. Down path.
+        hs = [ddpm_conv3x3(nf)(x)]
+        for i_level in range(num_resolutions):
+            for _ in range(self.num_res_blocks):
+                h = resnet_block(out_ch=nf * self.ch_mult[i_level])(hs[-1], temb, train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = attn_block()(h)
+                hs.append(h)
+            if i_level == num_resolutions - 1:
+                continue
+            if self.resblock_type == "ddpm":
+                h = layerspp.Downsample(with_conv=self.resamp_with_conv, **resample)(hs[-1])
+            else:
+                h = resnet_block(down=True)(hs[-1], temb, train)
+            if self.progressive_input == "input_skip":
+                input_pyramid = layerspp.Downsample(with_conv=False, **resample)(input_pyramid)
+                h = layerspp.Combine(method=self.progressive_combine)(input_pyramid, h)
+            elif self.progressive_input == "residual":
+                input_pyramid = layerspp.Downsample(out_ch=h.shape[-1], with_conv=True, **resample)(
+                    input_pyramid
+                )
+                input_pyramid = merge_residual(input_pyramid, h)
+                h = input_pyramid
+            hs.append(h)
+
+        # 5. Middle.
+        h = hs[-1]
+        h = resnet_block()(h, temb, train)
+        h = attn_block()(h)
+        h = resnet_block()(h, temb, train)
+
+        # 6. Up path.
+        pyramid = None
+        for i_level in reversed(range(num_resolutions)):
+            for _ in range(self.num_res_blocks + 1):
+                h = resnet_block(out_ch=nf * self.ch_mult[i_level])(
+                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train
+                )
+            if h.shape[1] in self.attn_resolutions:
+                h = attn_block()(h)
+
+            if self.progressive == "output_skip":
+                if pyramid is not None:
+                    pyramid = layerspp.Upsample(with_conv=False, **resample)(pyramid)
+                    pyramid = pyramid + head(h, channels, self.init_scale)
+                else:
+                    pyramid = head(h, channels, self.init_scale)
+            elif self.progressive == "residual":
+                if pyramid is not None:
+                    pyramid = layerspp.Upsample(out_ch=h.shape[-1], with_conv=True, **resample)(
+                        pyramid
+                    )
+                    pyramid = merge_residual(pyramid, h)
+                    h = pyramid
+                else:
+                    pyramid = head(h, h.shape[-1], 1.0)
+
+            if i_level != 0:
+                if self.resblock_type == "ddpm":
+                    h = layerspp.Upsample(with_conv=self.resamp_with_conv, **resample)(h)
+                else:
+                    h = resnet_block(up=True)(h, temb, train)
+
+        # 7. Output.
+        if self.progressive == "output_skip":
+            h = pyramid
+        else:
+            h = head(h, channels, self.init_scale)
+
+        # 8. Noise-level output scaling (VE models output the score directly).
+        if self.scale_by_sigma:
+            if self.embedding_type == "fourier":
+                used_sigmas = time_cond
+            else:
+                used_sigmas = self.sigmas()[time_cond.astype(jnp.int32)]
+            h = h / used_sigmas.reshape((-1,) + (1,) * (h.ndim - 1))
+        return h
+
+    def sigmas(self):
+        """Descending noise levels exp(linspace(log σ_max, log σ_min, N)) (facts §1.7), float32."""
+        sigmas = np.exp(
+            np.linspace(np.log(self.sigma_max), np.log(self.sigma_min), self.num_scales)
+        )
+        return jnp.asarray(sigmas, jnp.float32)
