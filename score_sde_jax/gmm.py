@@ -97,8 +97,8 @@ def get_classifier_fn(sde: sde_lib.SDE):
     """Exact noisy-class posterior as logits: ``classifier_fn(params, x, t) -> [B, K]``."""
 
     def classifier_fn(params, x, t):
-        return jax.vmap(lambda xi, ti: class_log_posterior(perturbed(sde, params, ti), xi[None])[0])(
-            x, t
-        )
+        return jax.vmap(
+            lambda xi, ti: class_log_posterior(perturbed(sde, params, ti), xi[None])[0]
+        )(x, t)
 
     return classifier_fn

@@ -66,7 +66,9 @@ class SDE:
 
     def std_prior_logp(self, z, sigma):
         d = math.prod(z.shape[1:])
-        return -d / 2.0 * jnp.log(2 * jnp.pi * sigma**2) - _sum_except_batch(z**2) / (2.0 * sigma**2)
+        return -d / 2.0 * jnp.log(2 * jnp.pi * sigma**2) - _sum_except_batch(z**2) / (
+            2.0 * sigma**2
+        )
 
 
 @_pytree_dataclass
@@ -263,9 +265,6 @@ def reverse(sde: SDE, score_fn, probability_flow: bool = False) -> ReverseSDE:
 
 SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
 
-# End time of sampling for each SDE in the original code (facts §1.6).
-SAMPLING_EPS = {"vesde": 1e-5, "vpsde": 1e-3, "subvpsde": 1e-3}
-
 
 def get_sde(config) -> SDE:
     """Builds the SDE named by ``config.training.sde`` from ``config.model`` (facts §7)."""
@@ -278,13 +277,14 @@ def get_sde(config) -> SDE:
     return SDES[name](float(m.beta_min), float(m.beta_max), int(m.num_scales))
 
 
+def default_sampling_eps(sde: SDE) -> float:
+    """End time of sampling used by the original code for this SDE (facts §1.6)."""
+    return 1e-5 if isinstance(sde, VESDE) else 1e-3
+
+
 def get_sampling_eps(config) -> float:
     """Sampling end time for ``config.training.sde`` (``config.sampling.eps`` overrides it if set)."""
     eps = config.sampling.get("eps", None) if "sampling" in config else None
     if eps is not None:
         return float(eps)
-    name = config.training.sde.lower()
-    if name not in SAMPLING_EPS:
-        raise ValueError(f"Unknown SDE {config.training.sde!r}; valid names: {sorted(SDES)}.")
-    return SAMPLING_EPS[name]
-
+    return default_sampling_eps(get_sde(config))

@@ -86,8 +86,14 @@ def _fixture_config(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["ncsnpp_ve_small", "ddpmpp_vp_small", "ncsnpp_outputskip_small", "ddpm_vp_small",
-             "ncsnv2_small"]
+    "name",
+    [
+        "ncsnpp_ve_small",
+        "ddpmpp_vp_small",
+        "ncsnpp_outputskip_small",
+        "ddpm_vp_small",
+        "ncsnv2_small",
+    ],
 )
 def test_labels_equal_what_the_original_fed_its_networks(name):
     z, config, continuous = _fixture_config(name)
@@ -101,14 +107,18 @@ def test_labels_equal_what_the_original_fed_its_networks(name):
 def test_score_adapter_turns_the_recorded_output_into_the_recorded_score(name):
     z, config, continuous = _fixture_config(name)
     sde = sde_lib.get_sde(config)
-    score_fn = score_fns.get_score_fn(sde, lambda p, x, labels, rng: jnp.asarray(z["out"]), continuous)
+    score_fn = score_fns.get_score_fn(
+        sde, lambda p, x, labels, rng: jnp.asarray(z["out"]), continuous
+    )
     score = score_fn(None, jnp.asarray(z["x"]), jnp.asarray(z["t"]))
     np.testing.assert_allclose(score, z["score"], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("sde", [sde_lib.VESDE(0.01, 5.0), sde_lib.VPSDE(), sde_lib.subVPSDE()])
 def test_mixture_score_is_the_gradient_of_its_log_density(sde):
-    params = gmm.mixture([0.3, 0.7], [[1.0, 0.0], [-1.0, 0.5]], [np.eye(2) * 0.1, np.diag([0.2, 0.05])])
+    params = gmm.mixture(
+        [0.3, 0.7], [[1.0, 0.0], [-1.0, 0.5]], [np.eye(2) * 0.1, np.diag([0.2, 0.05])]
+    )
     x = jnp.array([[0.1, 0.2], [0.5, -1.0]])
     t = jnp.array([0.1, 0.9])
     score = gmm.get_score_fn(sde)(params, x, t)

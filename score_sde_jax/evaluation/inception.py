@@ -43,7 +43,7 @@ def bilinear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     """Interpolation matrix ``R`` [out_size, in_size] of PyTorch's 1-D bilinear resize.
 
     Implements ``interpolate(mode='bilinear', align_corners=False)`` along one axis, with the
-    index arithmetic done in float32 as PyTorch's CPU kernel does: source coordinate
+    index arithmetic done in float32 as PyTorch's CPU kernel does it: source coordinate
     ``s = (i + 0.5) * in/out - 0.5`` clamped below at 0, neighbours ``floor(s)`` and
     ``min(floor(s) + 1, in - 1)`` weighted ``1 - frac`` and ``frac``. No antialiasing: when
     shrinking, every output pixel still reads only two input pixels.
@@ -56,8 +56,12 @@ def bilinear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
       float32 matrix with two (or one, at the border) non-zeros per row summing to 1.
     """
     scale = np.float32(in_size) / np.float32(out_size)
-    dst = np.arange(out_size, dtype=np.float32)
-    src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
+    dst = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
+    # PyTorch's compiled kernel evaluates ``scale * dst - 0.5`` as one fused multiply-add (a
+    # single rounding to float32); float64 holds the float32 product exactly, so this mimics it.
+    # Two roundings instead move the weights, and the resized image, by up to ~2e-6.
+    src = (np.float64(scale) * dst.astype(np.float64) - 0.5).astype(np.float32)
+    src = np.maximum(src, np.float32(0.0))
     i0 = np.floor(src).astype(np.int64)
     i1 = np.minimum(i0 + 1, in_size - 1)
     lambda1 = src - i0.astype(np.float32)
@@ -264,7 +268,7 @@ class FIDInceptionV3(nn.Module):
 
 
 def make_inception_fn(variables, devices=None) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """Returns ``fn(images) -> {'pool_3', 'logits'}`` (host NumPy arrays), jitted per input shape.
+    """Returns a jitted ``fn(images) -> {'pool_3', 'logits'}`` giving host NumPy arrays.
 
     Args:
       variables: ``{'params': ..., 'batch_stats': ...}`` from
@@ -274,7 +278,7 @@ def make_inception_fn(variables, devices=None) -> Callable[[np.ndarray], dict[st
 
     Returns:
       A function of NHWC images (uint8 in [0, 255] or float in [0, 1], any size); it
-      preprocesses them like pytorch-fid and runs `FIDInceptionV3`.
+      preprocesses them like pytorch-fid and runs `FIDInceptionV3`, split over ``devices``.
     """
     model = FIDInceptionV3()
     devices = list(jax.local_devices() if devices is None else devices)
@@ -282,7 +286,9 @@ def make_inception_fn(variables, devices=None) -> Callable[[np.ndarray], dict[st
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     variables = jax.device_put(variables, replicated)
-    apply_fn = jax.jit(lambda v, images: model.apply(v, preprocess(images)))
+    # Separate jits: the network compiles once per batch size, whatever the image size.
+    preprocess_fn = jax.jit(preprocess)
+    network_fn = jax.jit(model.apply)
 
     def inception_fn(images):
         images = np.asarray(images)
@@ -291,7 +297,7 @@ def make_inception_fn(variables, devices=None) -> Callable[[np.ndarray], dict[st
         padding = -num_images % len(devices)
         if padding:
             images = np.concatenate([images, np.zeros((padding,) + images.shape[1:], images.dtype)])
-        outputs = apply_fn(variables, jax.device_put(images, split))
+        outputs = network_fn(variables, preprocess_fn(jax.device_put(images, split)))
         return {name: np.asarray(value)[:num_images] for name, value in outputs.items()}
 
     return inception_fn

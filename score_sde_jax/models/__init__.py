@@ -7,6 +7,8 @@
 
 import importlib
 
+from score_sde_jax import score_fns
+
 # model name -> module that defines and registers it; imported lazily so that building one
 # network does not import every architecture.
 _MODEL_MODULES = {
@@ -39,3 +41,20 @@ def get_model(config):
         raise ValueError(f"Unknown model {name!r}; valid names: {sorted(_MODEL_MODULES)}.")
     importlib.import_module(f"{__name__}.{_MODEL_MODULES[name]}")
     return _MODELS[name].from_config(config)
+
+
+def get_model_fn(model):
+    """``model_fn(params, x, labels, rng)`` of a Linen score network: train mode (dropout on,
+    key ``rng``) when ``rng`` is given, eval mode when it is ``None``."""
+
+    def model_fn(params, x, labels, rng=None):
+        if rng is None:
+            return model.apply({"params": params}, x, labels, train=False)
+        return model.apply({"params": params}, x, labels, train=True, rngs={"dropout": rng})
+
+    return model_fn
+
+
+def get_score_fn(sde, model, continuous: bool):
+    """``score_fn(params, x, t, rng=None)`` of a network (facts §1.7; see `score_fns`)."""
+    return score_fns.get_score_fn(sde, get_model_fn(model), continuous)

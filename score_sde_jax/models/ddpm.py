@@ -152,4 +152,3 @@ class DDPM(nn.Module):
         if self.scale_by_sigma:
             h = h / sigmas_of_labels(labels, self.sigma_min, self.sigma_max, self.num_scales)
         return h
-

@@ -14,103 +14,121 @@ import numpy as np
 
 
 def get_act(name: str):
-  """Activation by its config name (`model.nonlinearity`)."""
-  acts = {
-      "elu": nn.elu,
-      "relu": nn.relu,
-      "lrelu": lambda x: nn.leaky_relu(x, negative_slope=0.2),
-      "swish": nn.swish,
-  }
-  try:
-    return acts[name.lower()]
-  except KeyError:
-    raise ValueError(f"Unknown nonlinearity {name!r}; choose one of {sorted(acts)}.") from None
+    """Activation by its config name (`model.nonlinearity`)."""
+    acts = {
+        "elu": nn.elu,
+        "relu": nn.relu,
+        "lrelu": lambda x: nn.leaky_relu(x, negative_slope=0.2),
+        "swish": nn.swish,
+    }
+    try:
+        return acts[name.lower()]
+    except KeyError:
+        raise ValueError(f"Unknown nonlinearity {name!r}; choose one of {sorted(acts)}.") from None
 
 
 def default_init(scale: float = 1.0):
-  """DDPM initialiser: variance scaling, fan_avg, uniform; scale 0 becomes 1e-10."""
-  scale = 1e-10 if scale == 0 else scale
-  return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+    """DDPM initialiser: variance scaling, fan_avg, uniform; scale 0 becomes 1e-10."""
+    scale = 1e-10 if scale == 0 else scale
+    return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
 def ncsn_init(scale: float = 1.0):
-  """PyTorch's default conv init (U(±1/sqrt(fan_in)) for scale 1), used by NCSN/NCSNv2."""
-  scale = 1e-10 if scale == 0 else scale
-  return nn.initializers.variance_scaling(scale / 3.0, "fan_in", "uniform")
+    """PyTorch's default conv init (U(±1/sqrt(fan_in)) for scale 1), used by NCSN/NCSNv2."""
+    scale = 1e-10 if scale == 0 else scale
+    return nn.initializers.variance_scaling(scale / 3.0, "fan_in", "uniform")
 
 
-def ddpm_conv3x3(out_ch: int, stride: int = 1, init_scale: float = 1.0, use_bias: bool = True,
-                 dilation: int = 1):
-  """3×3 SAME convolution with the DDPM initialiser and zero bias."""
-  return nn.Conv(out_ch, (3, 3), strides=(stride, stride), padding="SAME",
-                 kernel_dilation=(dilation, dilation), use_bias=use_bias,
-                 kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros)
+def ddpm_conv3x3(
+    out_ch: int, stride: int = 1, init_scale: float = 1.0, use_bias: bool = True, dilation: int = 1
+):
+    """3×3 SAME convolution with the DDPM initialiser and zero bias."""
+    return nn.Conv(
+        out_ch,
+        (3, 3),
+        strides=(stride, stride),
+        padding="SAME",
+        kernel_dilation=(dilation, dilation),
+        use_bias=use_bias,
+        kernel_init=default_init(init_scale),
+        bias_init=nn.initializers.zeros,
+    )
 
 
 def ddpm_conv1x1(out_ch: int, stride: int = 1, init_scale: float = 1.0, use_bias: bool = True):
-  """1×1 convolution with the DDPM initialiser and zero bias."""
-  return nn.Conv(out_ch, (1, 1), strides=(stride, stride), padding="SAME", use_bias=use_bias,
-                 kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros)
+    """1×1 convolution with the DDPM initialiser and zero bias."""
+    return nn.Conv(
+        out_ch,
+        (1, 1),
+        strides=(stride, stride),
+        padding="SAME",
+        use_bias=use_bias,
+        kernel_init=default_init(init_scale),
+        bias_init=nn.initializers.zeros,
+    )
 
 
 class NIN(nn.Module):
-  """Dense layer over the channel axis with parameters ``W`` [C_in, C_out] and ``b``."""
+    """Dense layer over the channel axis with parameters ``W`` [C_in, C_out] and ``b``."""
 
-  num_units: int
-  init_scale: float = 0.1
+    num_units: int
+    init_scale: float = 0.1
 
-  @nn.compact
-  def __call__(self, x):
-    in_dim = x.shape[-1]
-    W = self.param("W", default_init(self.init_scale), (in_dim, self.num_units))
-    b = self.param("b", nn.initializers.zeros, (self.num_units,))
-    return jnp.einsum("...c,cd->...d", x, W) + b
+    @nn.compact
+    def __call__(self, x):
+        in_dim = x.shape[-1]
+        W = self.param("W", default_init(self.init_scale), (in_dim, self.num_units))
+        b = self.param("b", nn.initializers.zeros, (self.num_units,))
+        return jnp.einsum("...c,cd->...d", x, W) + b
 
 
 def get_timestep_embedding(timesteps, embedding_dim: int, max_positions: int = 10000):
-  """Sinusoidal embedding of (float) labels, DDPM style: ``[sin(t f_k), cos(t f_k)]``.
+    """Sinusoidal embedding of (float) labels, DDPM style: ``[sin(t f_k), cos(t f_k)]``.
 
-  f_k = exp(-k ln(max_positions) / (half - 1)), k = 0..half-1; zero-padded when the
-  dimension is odd.
-  """
-  assert timesteps.ndim == 1
-  half_dim = embedding_dim // 2
-  freq = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * -(math.log(max_positions) / (half_dim - 1)))
-  emb = timesteps.astype(jnp.float32)[:, None] * freq[None, :]
-  emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=1)
-  if embedding_dim % 2 == 1:
-    emb = jnp.pad(emb, [[0, 0], [0, 1]])
-  return emb
+    f_k = exp(-k ln(max_positions) / (half - 1)), k = 0..half-1; zero-padded when the
+    dimension is odd.
+    """
+    assert timesteps.ndim == 1
+    half_dim = embedding_dim // 2
+    freq = jnp.exp(
+        jnp.arange(half_dim, dtype=jnp.float32) * -(math.log(max_positions) / (half_dim - 1))
+    )
+    emb = timesteps.astype(jnp.float32)[:, None] * freq[None, :]
+    emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=1)
+    if embedding_dim % 2 == 1:
+        emb = jnp.pad(emb, [[0, 0], [0, 1]])
+    return emb
 
 
 class GaussianFourierProjection(nn.Module):
-  """Random Fourier features of a scalar (Tancik et al.); ``W`` ~ N(0, scale²) is never trained."""
+    """Random Fourier features of a scalar (Tancik et al.); ``W`` ~ N(0, scale²) is never trained."""
 
-  embedding_size: int = 256
-  scale: float = 1.0
+    embedding_size: int = 256
+    scale: float = 1.0
 
-  @nn.compact
-  def __call__(self, x):
-    W = self.param("W", jax.nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
-    W = jax.lax.stop_gradient(W)
-    x_proj = x[:, None] * W[None, :] * 2 * jnp.pi
-    return jnp.concatenate([jnp.sin(x_proj), jnp.cos(x_proj)], axis=-1)
+    @nn.compact
+    def __call__(self, x):
+        W = self.param("W", jax.nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
+        W = jax.lax.stop_gradient(W)
+        x_proj = x[:, None] * W[None, :] * 2 * jnp.pi
+        return jnp.concatenate([jnp.sin(x_proj), jnp.cos(x_proj)], axis=-1)
 
 
 def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int):
-  """Discrete VE noise levels exp(linspace(log σ_max, log σ_min, N)), DESCENDING (label 0 = σ_max).
+    """Discrete VE noise levels exp(linspace(log σ_max, log σ_min, N)), DESCENDING (label 0 = σ_max).
 
-  Computed in float64 like the original (numpy), then stored as float32 (facts §1.7).
-  """
-  sigmas = np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))
-  return jnp.asarray(sigmas, dtype=jnp.float32)
+    Computed in float64 like the original (numpy), then stored as float32 (facts §1.7).
+    """
+    sigmas = np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))
+    return jnp.asarray(sigmas, dtype=jnp.float32)
 
 
 def sigmas_of_labels(labels, sigma_min: float, sigma_max: float, num_scales: int):
-  """σ[labels] from `get_sigmas`, shaped [B, 1, 1, 1] for `scale_by_sigma` (integer labels only)."""
-  dtype = jnp.asarray(labels).dtype
-  if not jnp.issubdtype(dtype, jnp.integer):
-    raise ValueError(
-        "scale_by_sigma divides by sigmas[labels] and needs integer noise-level labels "
-        f"(0 = sigma_max), got dtype {dtype}.")
-  return get_sigmas(sigma_min, sigma_max, num_scales)[labels][:, None, None, None]
+    """σ[labels] from `get_sigmas`, shaped [B, 1, 1, 1] for `scale_by_sigma` (integer labels only)."""
+    dtype = jnp.asarray(labels).dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(
+            "scale_by_sigma divides by sigmas[labels] and needs integer noise-level labels "
+            f"(0 = sigma_max), got dtype {dtype}."
+        )
+    return get_sigmas(sigma_min, sigma_max, num_scales)[labels][:, None, None, None]

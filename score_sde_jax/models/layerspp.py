@@ -5,32 +5,162 @@ Class names and the order in which each block creates its submodules define the 
 released checkpoints' layout.
 """
 
+import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from score_sde_jax.models import up_or_down_sampling as fir_ops
-from score_sde_jax.models.layers import NIN, ddpm_conv1x1, ddpm_conv3x3, default_init
+from score_sde_jax.models.layers import NIN, default_init
 
 _SQRT2 = math.sqrt(2.0)
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, w, strides, padding):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
+
+
+def _conv_fwd(x, w, strides, padding):
+    return _conv(x, w, strides, padding), (x, w)
+
+
+def _conv_bwd(strides, padding, residuals, dy):
+    x, w = residuals
+    kh, kw, c_in, c_out = w.shape
+    if strides == (1, 1):
+        # The input gradient of a stride-1 convolution is again a plain convolution (with the
+        # flipped, transposed kernel); written as one, it gets the same fast path as the forward.
+        dx = lax.conv_general_dilated(
+            dy,
+            jnp.swapaxes(w[::-1, ::-1], 2, 3),
+            (1, 1),
+            (
+                (kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
+                (kw - 1 - padding[1][0], kw - 1 - padding[1][1]),
+            ),
+            dimension_numbers=_NHWC,
+        )
+    else:
+        _, vjp_x = jax.vjp(
+            lambda x: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC), x
+        )
+        (dx,) = vjp_x(dy)
+    # XLA:CPU runs the kernel gradient as a convolution 3-4× slower than the forward pass; one
+    # (C_in × B·H·W) @ (B·H·W × C_out) matmul per kernel tap takes about half as long.
+    _, h_out, w_out, _ = dy.shape
+    sh, sw = strides
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    dy_flat = dy.reshape(-1, c_out)
+    taps = [
+        lax.dot_general(
+            xp[:, p : p + sh * (h_out - 1) + 1 : sh, q : q + sw * (w_out - 1) + 1 : sw].reshape(
+                -1, c_in
+            ),
+            dy_flat,
+            (((0,), (0,)), ((), ())),
+        )
+        for p in range(kh)
+        for q in range(kw)
+    ]
+    dw = jnp.stack(taps).reshape(w.shape)
+    return dx, dw
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **kwargs,
+):
+    """`lax.conv_general_dilated` with a faster kernel gradient for plain NHWC convolutions.
+
+    Same forward computation (and input gradient); only the kernel gradient is computed as a
+    sum of per-tap matmuls. Dilated, grouped or non-NHWC convolutions go to `lax` unchanged.
+    """
+    plain = (
+        lhs.ndim == 4
+        and all(d == 1 for d in (lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
+        and feature_group_count == 1
+        and precision is None
+        and not kwargs
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers or _NHWC)
+    )
+    if not plain:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+
+
+def conv3x3(out_ch: int, stride: int = 1, init_scale: float = 1.0, dtype: Any = jnp.float32):
+    """DDPM-initialised 3×3 SAME convolution (as `layers.ddpm_conv3x3`) with the fast kernel grad."""
+    return nn.Conv(
+        out_ch,
+        (3, 3),
+        strides=(stride, stride),
+        padding="SAME",
+        kernel_init=default_init(init_scale),
+        bias_init=nn.initializers.zeros,
+        dtype=dtype,
+        conv_general_dilated=conv_general_dilated,
+    )
+
+
+def conv1x1(out_ch: int, init_scale: float = 1.0, dtype: Any = jnp.float32):
+    """DDPM-initialised 1×1 convolution (as `layers.ddpm_conv1x1`) with the fast kernel grad."""
+    return nn.Conv(
+        out_ch,
+        (1, 1),
+        padding="SAME",
+        kernel_init=default_init(init_scale),
+        bias_init=nn.initializers.zeros,
+        dtype=dtype,
+        conv_general_dilated=conv_general_dilated,
+    )
+
+
+def group_norm(channels: int, dtype: Any = jnp.float32) -> nn.GroupNorm:
     """GroupNorm with min(C//4, 32) groups and epsilon 1e-6, as every NCSN++ layer uses."""
-    return nn.GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6)
+    return nn.GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6, dtype=dtype)
 
 
 class Combine(nn.Module):
     """Merges the input pyramid into the feature map: conv1×1(x → C_y), then concat or sum."""
 
     method: str = "cat"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, y):
-        h = ddpm_conv1x1(y.shape[-1])(x)
+        h = conv1x1(y.shape[-1], dtype=self.dtype)(x)
         if self.method == "cat":
             return jnp.concatenate([h, y], axis=-1)
         if self.method == "sum":
@@ -39,15 +169,19 @@ class Combine(nn.Module):
 
 
 class AttnBlockpp(nn.Module):
-    """Single-head self-attention over all H·W positions, with optional 1/√2 skip rescaling."""
+    """Single-head self-attention over all H·W positions, with optional 1/√2 skip rescaling.
+
+    The attention itself runs in float32 (the NIN projections promote to their float32 weights).
+    """
 
     skip_rescale: bool = False
     init_scale: float = 0.0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         b, height, width, c = x.shape
-        h = group_norm(c)(x)
+        h = group_norm(c, self.dtype)(x)
         q = NIN(c)(h).reshape(b, height * width, c)
         k = NIN(c)(h).reshape(b, height * width, c)
         v = NIN(c)(h).reshape(b, height * width, c)
@@ -55,7 +189,8 @@ class AttnBlockpp(nn.Module):
         w = jax.nn.softmax(w, axis=-1)
         h = jnp.einsum("bij,bjc->bic", w, v).reshape(b, height, width, c)
         h = NIN(c, init_scale=self.init_scale)(h)
-        return (x + h) / _SQRT2 if self.skip_rescale else x + h
+        out = (x + h) / _SQRT2 if self.skip_rescale else x + h
+        return out.astype(self.dtype)
 
 
 class Upsample(nn.Module):
@@ -65,6 +200,7 @@ class Upsample(nn.Module):
     with_conv: bool = False
     fir: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -72,14 +208,13 @@ class Upsample(nn.Module):
         if not self.fir:
             h = fir_ops.naive_upsample_2d(x, factor=2)
             if self.with_conv:
-                h = ddpm_conv3x3(out_ch)(h)
-        elif not self.with_conv:
-            h = fir_ops.upsample_2d(x, self.fir_kernel, factor=2)
-        else:
-            h = fir_ops.Conv2d(
-                out_ch, kernel=3, up=True, resample_kernel=self.fir_kernel, use_bias=True
-            )(x)
-        return h
+                h = conv3x3(out_ch, dtype=self.dtype)(h)
+            return h
+        if not self.with_conv:
+            return fir_ops.upsample_2d(x, self.fir_kernel, factor=2)
+        return fir_ops.Conv2d(
+            out_ch, kernel=3, up=True, resample_kernel=self.fir_kernel, dtype=self.dtype
+        )(x)
 
 
 class Downsample(nn.Module):
@@ -89,6 +224,7 @@ class Downsample(nn.Module):
     with_conv: bool = False
     fir: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -96,12 +232,12 @@ class Downsample(nn.Module):
         if not self.fir:
             if self.with_conv:
                 # Flax 'SAME' with stride 2 pads 0 before / 1 after on even sizes (facts §6.0).
-                return ddpm_conv3x3(out_ch, stride=2)(x)
+                return conv3x3(out_ch, stride=2, dtype=self.dtype)(x)
             return fir_ops.naive_downsample_2d(x, factor=2)
         if not self.with_conv:
             return fir_ops.downsample_2d(x, self.fir_kernel, factor=2)
         return fir_ops.Conv2d(
-            out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel, use_bias=True
+            out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel, dtype=self.dtype
         )(x)
 
 
@@ -114,20 +250,25 @@ class ResnetBlockDDPMpp(nn.Module):
     dropout: float = 0.1
     skip_rescale: bool = False
     init_scale: float = 0.0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, temb=None, train: bool = False):
         c = x.shape[-1]
         out_ch = self.out_ch or c
-        h = self.act(group_norm(c)(x))
-        h = ddpm_conv3x3(out_ch)(h)
+        h = self.act(group_norm(c, self.dtype)(x))
+        h = conv3x3(out_ch, dtype=self.dtype)(h)
         if temb is not None:
-            h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
-        h = self.act(group_norm(out_ch)(h))
+            dense = nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype)
+            h = h + dense(self.act(temb))[:, None, None, :]
+        h = self.act(group_norm(out_ch, self.dtype)(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = ddpm_conv3x3(out_ch, init_scale=self.init_scale)(h)
+        h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
         if c != out_ch:
-            x = ddpm_conv3x3(out_ch)(x) if self.conv_shortcut else NIN(out_ch)(x)
+            if self.conv_shortcut:
+                x = conv3x3(out_ch, dtype=self.dtype)(x)
+            else:
+                x = NIN(out_ch)(x).astype(self.dtype)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h
 
 
@@ -143,12 +284,13 @@ class ResnetBlockBigGANpp(nn.Module):
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
     skip_rescale: bool = True
     init_scale: float = 0.0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, temb=None, train: bool = False):
         c = x.shape[-1]
         out_ch = self.out_ch or c
-        h = self.act(group_norm(c)(x))
+        h = self.act(group_norm(c, self.dtype)(x))
         if self.up:
             if self.fir:
                 h = fir_ops.upsample_2d(h, self.fir_kernel, factor=2)
@@ -163,12 +305,13 @@ class ResnetBlockBigGANpp(nn.Module):
             else:
                 h = fir_ops.naive_downsample_2d(h, factor=2)
                 x = fir_ops.naive_downsample_2d(x, factor=2)
-        h = ddpm_conv3x3(out_ch)(h)
+        h = conv3x3(out_ch, dtype=self.dtype)(h)
         if temb is not None:
-            h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
-        h = self.act(group_norm(out_ch)(h))
+            dense = nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype)
+            h = h + dense(self.act(temb))[:, None, None, :]
+        h = self.act(group_norm(out_ch, self.dtype)(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = ddpm_conv3x3(out_ch, init_scale=self.init_scale)(h)
+        h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
         if c != out_ch or self.up or self.down:
-            x = ddpm_conv1x1(out_ch)(x)
+            x = conv1x1(out_ch, dtype=self.dtype)(x)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h

@@ -8,6 +8,7 @@ of the released checkpoints' (1, 1, 1, C).
 
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -16,7 +17,6 @@ import numpy as np
 from score_sde_jax.models import layerspp, register_model
 from score_sde_jax.models.layers import (
     GaussianFourierProjection,
-    ddpm_conv3x3,
     default_init,
     get_act,
     get_timestep_embedding,
@@ -46,7 +46,10 @@ class NCSNpp(nn.Module):
     ``sigmas = exp(linspace(log σ_max, log σ_min, N))`` (positional).
 
     Attributes mirror ``config.model`` (facts §6.2, Table 7.3.C); ``centered`` is
-    ``config.data.centered`` (inputs in [0, 1] are mapped to [−1, 1] when False).
+    ``config.data.centered`` (inputs in [0, 1] are mapped to [−1, 1] when False). ``dtype`` is
+    the computation dtype of convolutions, GroupNorms and dense layers (``config.model.dtype``,
+    not an original key; default float32, which reproduces the original). Parameters, the
+    Fourier/sinusoidal features, attention and the returned output stay float32.
     """
 
     nf: int = 128
@@ -72,6 +75,7 @@ class NCSNpp(nn.Module):
     sigma_max: float = 50.0
     num_scales: int = 1000
     nonlinearity: str = "swish"
+    dtype: Any = jnp.float32
 
     def __post_init__(self):
         _check_choice("resblock_type", self.resblock_type, RESBLOCK_TYPES)
@@ -121,6 +125,7 @@ class NCSNpp(nn.Module):
             sigma_max=m.sigma_max,
             num_scales=m.num_scales,
             nonlinearity=m.nonlinearity.lower(),
+            dtype=jnp.dtype(m.get("dtype", "float32")),
         )
 
     @nn.compact
@@ -138,13 +143,16 @@ class NCSNpp(nn.Module):
         else:
             temb = get_timestep_embedding(time_cond, nf)
         if self.conditional:
-            temb = nn.Dense(nf * 4, kernel_init=default_init())(temb)
-            temb = nn.Dense(nf * 4, kernel_init=default_init())(act(temb))
+            temb = nn.Dense(nf * 4, kernel_init=default_init(), dtype=self.dtype)(temb)
+            temb = nn.Dense(nf * 4, kernel_init=default_init(), dtype=self.dtype)(act(temb))
         else:
             temb = None
 
         attn_block = functools.partial(
-            layerspp.AttnBlockpp, init_scale=self.init_scale, skip_rescale=self.skip_rescale
+            layerspp.AttnBlockpp,
+            init_scale=self.init_scale,
+            skip_rescale=self.skip_rescale,
+            dtype=self.dtype,
         )
         if self.resblock_type == "biggan":
             resnet_block = functools.partial(
@@ -155,6 +163,7 @@ class NCSNpp(nn.Module):
                 fir_kernel=self.fir_kernel,
                 init_scale=self.init_scale,
                 skip_rescale=self.skip_rescale,
+                dtype=self.dtype,
             )
         else:
             resnet_block = functools.partial(
@@ -163,24 +172,26 @@ class NCSNpp(nn.Module):
                 dropout=self.dropout,
                 init_scale=self.init_scale,
                 skip_rescale=self.skip_rescale,
+                dtype=self.dtype,
             )
-        resample = dict(fir=self.fir, fir_kernel=self.fir_kernel)
+        resample = dict(fir=self.fir, fir_kernel=self.fir_kernel, dtype=self.dtype)
 
         def merge_residual(a, b):
             return (a + b) / _SQRT2 if self.skip_rescale else a + b
 
         def head(h, out_ch, init_scale):
-            return ddpm_conv3x3(out_ch, init_scale=init_scale)(
-                act(layerspp.group_norm(h.shape[-1])(h))
+            return layerspp.conv3x3(out_ch, init_scale=init_scale, dtype=self.dtype)(
+                act(layerspp.group_norm(h.shape[-1], self.dtype)(h))
             )
 
         # 2. Data in [0, 1] is mapped to [-1, 1]; the input pyramid starts from that image.
         if not self.centered:
             x = 2 * x - 1.0
+        x = x.astype(self.dtype)
         input_pyramid = x if self.progressive_input != "none" else None
 
         # 3-4. Down path.
-        hs = [ddpm_conv3x3(nf)(x)]
+        hs = [layerspp.conv3x3(nf, dtype=self.dtype)(x)]
         for i_level in range(num_resolutions):
             for _ in range(self.num_res_blocks):
                 h = resnet_block(out_ch=nf * self.ch_mult[i_level])(hs[-1], temb, train)
@@ -195,7 +206,8 @@ class NCSNpp(nn.Module):
                 h = resnet_block(down=True)(hs[-1], temb, train)
             if self.progressive_input == "input_skip":
                 input_pyramid = layerspp.Downsample(with_conv=False, **resample)(input_pyramid)
-                h = layerspp.Combine(method=self.progressive_combine)(input_pyramid, h)
+                combine = layerspp.Combine(method=self.progressive_combine, dtype=self.dtype)
+                h = combine(input_pyramid, h)
             elif self.progressive_input == "residual":
                 input_pyramid = layerspp.Downsample(out_ch=h.shape[-1], with_conv=True, **resample)(
                     input_pyramid
@@ -249,6 +261,7 @@ class NCSNpp(nn.Module):
             h = head(h, channels, self.init_scale)
 
         # 8. Noise-level output scaling (VE models output the score directly).
+        h = h.astype(jnp.float32)
         if self.scale_by_sigma:
             if self.embedding_type == "fourier":
                 used_sigmas = time_cond

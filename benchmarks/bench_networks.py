@@ -1,0 +1,216 @@
+"""Forward and train-step time of the NCSN++ / DDPM++ networks on this machine; prints JSON.
+
+Cases (configs built inline from the facts sheet, Tables 7.3.A–C):
+  * ``ncsnpp_cont_cifar10`` — ve/cifar10_ncsnpp_continuous (VE, Fourier, FIR), batch 8;
+  * ``ddpmpp_cont_cifar10`` — vp/cifar10_ddpmpp_continuous (VP, positional, no FIR), batch 8;
+  * ``ncsnpp_small`` — the conformance fixtures' shrunk NCSN++ (16 px, nf 16, ch_mult (1, 2, 2),
+    one block per level, attention at 8×8), batch 32.
+
+The train step is ``jax.jit`` of value_and_grad of a mean-square loss of the network output
+(train mode, dropout on) plus an optax Adam update. Compile time (lower + compile) is reported
+separately from the steady-state time (median of ``--repeats`` runs after one warm-up run), each
+as wall and process-CPU seconds.
+
+Usage: python benchmarks/bench_networks.py [--repeats 3] [--cases a,b]
+(XLA uses every core; restrict with ``taskset -c 0,1``.)
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from score_sde_jax.models import get_model
+
+
+def _parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", default="ncsnpp_cont_cifar10,ddpmpp_cont_cifar10,ncsnpp_small")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="network compute dtype (config.model.dtype); bfloat16 is fast on CPUs with AMX when "
+        "XLA_FLAGS=--xla_cpu_experimental_onednn_custom_call=true",
+    )
+    parser.add_argument(
+        "--dropout-prng",
+        default="threefry2x32",
+        choices=("threefry2x32", "rbg", "unsafe_rbg"),
+        help="PRNG implementation of the dropout key (threefry compiles slowly on XLA:CPU)",
+    )
+    return parser.parse_args()
+
+
+def _cifar10_config(**model_overrides) -> ml_collections.ConfigDict:
+    """CIFAR-10 NCSN++-family config (facts Tables 7.1, 7.3.A–C)."""
+    config = ml_collections.ConfigDict()
+    config.training = ml_collections.ConfigDict({"continuous": True})
+    config.data = ml_collections.ConfigDict(
+        {"image_size": 32, "num_channels": 3, "centered": False}
+    )
+    config.model = ml_collections.ConfigDict(
+        {
+            "name": "ncsnpp",
+            "sigma_min": 0.01,
+            "sigma_max": 50.0,
+            "num_scales": 1000,
+            "dropout": 0.1,
+            "embedding_type": "fourier",
+            "fourier_scale": 16.0,
+            "scale_by_sigma": True,
+            "nonlinearity": "swish",
+            "nf": 128,
+            "ch_mult": (1, 2, 2, 2),
+            "num_res_blocks": 4,
+            "attn_resolutions": (16,),
+            "resamp_with_conv": True,
+            "conditional": True,
+            "fir": True,
+            "fir_kernel": (1, 3, 3, 1),
+            "skip_rescale": True,
+            "resblock_type": "biggan",
+            "progressive": "none",
+            "progressive_input": "residual",
+            "progressive_combine": "sum",
+            "init_scale": 0.0,
+        }
+    )
+    config.model.update(model_overrides)
+    return config
+
+
+def _cases():
+    ddpmpp = _cifar10_config(
+        fir=False, progressive_input="none", embedding_type="positional", scale_by_sigma=False
+    )
+    ddpmpp.data.centered = True
+    small = _cifar10_config(nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,))
+    small.data.image_size = 16
+    return {
+        # VE continuous: the label is σ(t).
+        "ncsnpp_cont_cifar10": (_cifar10_config(), 8, lambda t: 0.01 * (50.0 / 0.01) ** t),
+        # VP continuous: the label is 999·t.
+        "ddpmpp_cont_cifar10": (ddpmpp, 8, lambda t: 999.0 * t),
+        "ncsnpp_small": (small, 32, lambda t: 0.01 * (50.0 / 0.01) ** t),
+    }
+
+
+def _timed(fn, repeats):
+    """Median wall and process-CPU seconds of ``repeats`` runs after one warm-up run.
+
+    CPU time (all threads) is reported because the machine may be shared: on an idle 2-core
+    machine the wall time of a well-parallelised step is about CPU time / 2.
+    """
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return {
+        "wall_s": statistics.median(walls),
+        "cpu_s": statistics.median(cpus),
+        "runs_wall_s": [round(t, 3) for t in walls],
+    }
+
+
+def _compile(fn, *args):
+    wall, cpu = time.perf_counter(), time.process_time()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+
+
+def bench_case(config, batch_size, label_fn, repeats, dropout_prng):
+    """Compile and steady-state times of forward (eval) and a full Adam train step."""
+    model = get_model(config)
+    size, channels = config.data.image_size, config.data.num_channels
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(size=(batch_size, size, size, channels)), jnp.float32)
+    labels = label_fn(jnp.asarray(rng.uniform(1e-5, 1.0, size=(batch_size,)), jnp.float32))
+    target = jnp.zeros_like(x)
+    # Host-side random parameters: timing does not depend on the initialiser, and jit-compiling
+    # `model.init` (hundreds of threefry calls) alone takes minutes on CPU.
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, labels)["params"]
+    params = jax.tree_util.tree_map(
+        lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), shapes
+    )
+    num_params = sum(p.size for p in jax.tree_util.tree_leaves(params))
+    optimizer = optax.adam(2e-4)
+    opt_state = optimizer.init(params)
+    key_drop = jax.random.key(1, impl=dropout_prng)
+
+    def forward(params, x, labels):
+        return model.apply({"params": params}, x, labels, train=False)
+
+    def train_step(params, opt_state, x, labels, rng):
+        def loss_fn(params):
+            out = model.apply({"params": params}, x, labels, train=True, rngs={"dropout": rng})
+            return jnp.mean(jnp.square(out - target))
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    result = {
+        "batch_size": batch_size,
+        "image_size": size,
+        "num_params": int(num_params),
+        "dtype": str(jnp.dtype(model.dtype)),
+    }
+    forward_c, result["forward_compile"] = _compile(forward, params, x, labels)
+    result["forward"] = _timed(lambda: forward_c(params, x, labels).block_until_ready(), repeats)
+    step_c, result["train_step_compile"] = _compile(
+        train_step, params, opt_state, x, labels, key_drop
+    )
+    result["train_step"] = _timed(
+        lambda: jax.block_until_ready(step_c(params, opt_state, x, labels, key_drop)), repeats
+    )
+    return result
+
+
+def main():
+    args = _parse_args()
+    cases = _cases()
+    selected = args.cases.split(",")
+    unknown = [c for c in selected if c not in cases]
+    if unknown:
+        raise ValueError(f"Unknown case(s) {unknown}; valid: {sorted(cases)}.")
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "load_avg_before": os.getloadavg(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "python": sys.version.split()[0],
+        },
+        "repeats": args.repeats,
+        "dropout_prng": args.dropout_prng,
+        "results": {},
+    }
+    for name in selected:
+        config, batch_size, label_fn = cases[name]
+        config.model.dtype = args.dtype
+        report["results"][name] = bench_case(
+            config, batch_size, label_fn, args.repeats, args.dropout_prng
+        )
+        print(f"# {name} done", file=sys.stderr, flush=True)
+    report["machine"]["load_avg_after"] = os.getloadavg()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

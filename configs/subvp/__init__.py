@@ -1,0 +1,1 @@
+"""Sub-variance-preserving SDE configs (facts §7.3)."""

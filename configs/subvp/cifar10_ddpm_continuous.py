@@ -1,0 +1,35 @@
+"""The DDPM U-Net trained with the continuous sub-VP objective on CIFAR-10 (facts §6.3, §7.3)."""
+
+from configs import default_cifar10_configs
+
+
+def get_config():
+    """sub-VP SDE, continuous DSM loss, Euler–Maruyama predictor without corrector."""
+    config = default_cifar10_configs.get_default_configs()
+
+    training = config.training
+    training.sde = "subvpsde"
+    training.continuous = True
+    training.reduce_mean = True
+
+    sampling = config.sampling
+    sampling.method = "pc"
+    sampling.predictor = "euler_maruyama"
+    sampling.corrector = "none"
+
+    data = config.data
+    data.centered = True
+
+    model = config.model
+    model.name = "ddpm"
+    model.scale_by_sigma = False
+    model.ema_rate = 0.9999
+    model.normalization = "GroupNorm"
+    model.nonlinearity = "swish"
+    model.nf = 128
+    model.ch_mult = (1, 2, 2, 2)
+    model.num_res_blocks = 2
+    model.attn_resolutions = (16,)
+    model.resamp_with_conv = True
+    model.conditional = True
+    return config

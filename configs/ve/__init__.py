@@ -1,0 +1,1 @@
+"""Variance-exploding SDE configs (facts §7.3)."""

@@ -1,0 +1,14 @@
+"""NCSN v1 on CelebA plus techniques 1, 2, 4 and 5 of NCSNv2 (facts §7.2, §7.3).
+
+Inherits the NCSN v1 fix of `celeba`: model.num_classes, missing in the original (facts §11.11),
+follows model.num_scales.
+"""
+
+from configs.ve.ncsn import celeba_124
+
+
+def get_config():
+    """`ve/ncsn/celeba_124` with EMA rate 0.999."""
+    config = celeba_124.get_config()
+    config.model.ema_rate = 0.999
+    return config

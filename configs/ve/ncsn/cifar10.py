@@ -1,0 +1,42 @@
+"""NCSN v1 on CIFAR-10: σ from 1 to 0.01 in N = 10 levels, annealed Langevin (facts §7.2, §7.3).
+
+Fixed here (facts §6.5, §11.11): the original never sets model.num_classes, which NCSN v1's
+noise-conditional normalizations need, so the network could not be built. It is tied to
+model.num_scales (one embedding row per noise level), and follows command-line overrides of it.
+"""
+
+from configs import default_cifar10_configs
+
+
+def get_config():
+    """VE SDE, discrete SMLD loss, corrector-only sampling (ALD, 100 steps per level), no EMA."""
+    config = default_cifar10_configs.get_default_configs()
+
+    training = config.training
+    training.sde = "vesde"
+    training.continuous = False
+
+    sampling = config.sampling
+    sampling.method = "pc"
+    sampling.predictor = "none"
+    sampling.corrector = "ald"
+    sampling.n_steps_each = 100
+    sampling.snr = 0.316
+
+    model = config.model
+    model.name = "ncsn"
+    model.scale_by_sigma = False
+    model.sigma_max = 1.0
+    model.num_scales = 10
+    model.num_classes = model.get_ref("num_scales")
+    model.ema_rate = 0.0
+    model.normalization = "InstanceNorm++"
+    model.nonlinearity = "elu"
+    model.nf = 128
+    model.interpolation = "bilinear"
+
+    optim = config.optim
+    optim.lr = 1e-3
+    optim.warmup = 0
+    optim.grad_clip = -1.0  # no clipping
+    return config

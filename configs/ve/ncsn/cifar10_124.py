@@ -1,0 +1,22 @@
+"""NCSN v1 on CIFAR-10 plus techniques 1, 2 and 4 of NCSNv2 (facts §7.2, §7.3).
+
+1: initial noise σ_max = 50 (the largest pairwise distance of the training images); 2: N = 232
+geometric noise levels; 4: 5 Langevin steps per level with snr 0.176. Inherits the NCSN v1 fix of
+`cifar10`: model.num_classes, missing in the original (facts §11.11), follows model.num_scales.
+"""
+
+from configs.ve.ncsn import cifar10
+
+
+def get_config():
+    """`ve/ncsn/cifar10` with σ_max 50, N = 232, 5 Langevin steps per level, snr 0.176, no EMA."""
+    config = cifar10.get_config()
+
+    sampling = config.sampling
+    sampling.n_steps_each = 5
+    sampling.snr = 0.176
+
+    model = config.model
+    model.sigma_max = 50.0
+    model.num_scales = 232
+    return config

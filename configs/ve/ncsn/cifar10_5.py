@@ -1,0 +1,14 @@
+"""NCSN v1 on CIFAR-10 plus technique 5 of NCSNv2: an EMA of the weights (facts §7.2, §7.3).
+
+Inherits the NCSN v1 fix of `cifar10`: model.num_classes, missing in the original (facts §11.11),
+is tied to model.num_scales.
+"""
+
+from configs.ve.ncsn import cifar10
+
+
+def get_config():
+    """`ve/ncsn/cifar10` with EMA rate 0.999."""
+    config = cifar10.get_config()
+    config.model.ema_rate = 0.999
+    return config

@@ -1,0 +1,1 @@
+"""Variance-preserving SDE configs (facts §7.3)."""

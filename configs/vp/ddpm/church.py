@@ -1,0 +1,39 @@
+"""DDPM (Ho et al.) on LSUN church_outdoor 256 x 256, VP SDE (facts §6.3, §7.3)."""
+
+from configs import default_lsun_configs
+
+
+def get_config():
+    """VP SDE, discrete DDPM objective, ancestral sampling; the 6-level 256 px DDPM U-Net."""
+    config = default_lsun_configs.get_default_configs()
+
+    training = config.training
+    training.sde = "vpsde"
+    training.continuous = False
+    training.reduce_mean = True
+
+    sampling = config.sampling
+    sampling.method = "pc"
+    sampling.predictor = "ancestral_sampling"
+    sampling.corrector = "none"
+
+    data = config.data
+    data.category = "church_outdoor"
+    data.centered = True
+
+    model = config.model
+    model.name = "ddpm"
+    model.scale_by_sigma = False
+    model.num_scales = 1000
+    model.ema_rate = 0.9999
+    model.normalization = "GroupNorm"
+    model.nonlinearity = "swish"
+    model.nf = 128
+    model.ch_mult = (1, 1, 2, 2, 4, 4)
+    model.num_res_blocks = 2
+    model.attn_resolutions = (16,)
+    model.resamp_with_conv = True
+    model.conditional = True
+
+    config.optim.lr = 2e-5
+    return config

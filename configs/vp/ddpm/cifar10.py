@@ -1,0 +1,35 @@
+"""DDPM (Ho et al.) on CIFAR-10 with the discrete DDPM objective, VP SDE (facts §6.3, §7.3)."""
+
+from configs import default_cifar10_configs
+
+
+def get_config():
+    """VP SDE with N = 1000 discrete steps, ancestral sampling: Ho et al.'s setup."""
+    config = default_cifar10_configs.get_default_configs()
+
+    training = config.training
+    training.sde = "vpsde"
+    training.continuous = False
+    training.reduce_mean = True
+
+    sampling = config.sampling
+    sampling.method = "pc"
+    sampling.predictor = "ancestral_sampling"
+    sampling.corrector = "none"
+
+    data = config.data
+    data.centered = True
+
+    model = config.model
+    model.name = "ddpm"
+    model.scale_by_sigma = False
+    model.ema_rate = 0.9999
+    model.normalization = "GroupNorm"
+    model.nonlinearity = "swish"
+    model.nf = 128
+    model.ch_mult = (1, 2, 2, 2)
+    model.num_res_blocks = 2
+    model.attn_resolutions = (16,)
+    model.resamp_with_conv = True
+    model.conditional = True
+    return config

@@ -1,0 +1,589 @@
+"""Training loop of Song et al. (2021): `train_and_evaluate(config, workdir)` (facts §8.2).
+
+One jitted step function runs over a 1-D ``("data",)`` mesh of every device of every process:
+the `TrainState` is replicated, batches are sharded along their batch axis and assembled from
+each process's share with `jax.make_array_from_process_local_data`, and the compiler inserts the
+gradient all-reduce. ``training.n_jitted_steps`` optimizer updates run per dispatch (`lax.scan`).
+Randomness is stateless: update ``k`` uses ``fold_in(rng, k)``, so a resumed run draws exactly
+the numbers an uninterrupted one draws.
+"""
+
+import functools
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, parameter_overview
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from score_sde_jax import (
+    checkpointing,
+    input_pipeline,
+    losses,
+    models,
+    sampling,
+    score_fns,
+    sde_lib,
+    utils,
+)
+
+# Config sections whose keys name step counts that must be multiples of n_jitted_steps.
+_STEP_FREQUENCIES = ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything an optimizer update changes (facts §2.6, §2.7).
+
+    Attributes:
+      step: int32 scalar, the number of optimizer updates applied so far.
+      params: the network parameters.
+      ema_params: exponential moving average of ``params``, used for evaluation and sampling.
+      opt_state: the optax state of `create_optimizer`.
+    """
+
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks.
+# ----------------------------------------------------------------------------------------------
+
+
+def create_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D ``("data",)`` mesh over ``devices`` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh(
+        (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+
+
+def validate_config(config, num_devices: int, num_processes: int) -> None:
+    """Raises ValueError for settings the sharded loop cannot run (facts §8.2 step 9).
+
+    Checks that the global batch splits evenly over devices, processes and accumulation
+    micro-batches, that the step frequencies are multiples of ``n_jitted_steps`` and that the
+    optimizer is Adam.
+    """
+    t = config.training
+    if t.n_jitted_steps < 1 or t.grad_accum_steps < 1:
+        raise ValueError("training.n_jitted_steps and training.grad_accum_steps must be >= 1.")
+    for name in _STEP_FREQUENCIES:
+        if t[name] <= 0 or t[name] % t.n_jitted_steps:
+            raise ValueError(
+                f"training.{name}={t[name]} must be a positive multiple of "
+                f"training.n_jitted_steps={t.n_jitted_steps}."
+            )
+    for key, size in (
+        ("training.batch_size", t.batch_size),
+        ("eval.batch_size", config.eval.batch_size),
+    ):
+        if size % num_devices or size % num_processes:
+            raise ValueError(
+                f"{key}={size} must be divisible by the number of devices ({num_devices}) and "
+                f"processes ({num_processes})."
+            )
+    if (t.batch_size // num_devices) % t.grad_accum_steps:
+        raise ValueError(
+            f"The per-device batch {t.batch_size // num_devices} must be divisible by "
+            f"training.grad_accum_steps={t.grad_accum_steps}."
+        )
+    if config.optim.optimizer.lower() != "adam":
+        raise ValueError(f"optim.optimizer={config.optim.optimizer!r}; only 'Adam' is supported.")
+
+
+def create_learning_rate_fn(config) -> Callable[[jax.Array], jax.Array]:
+    """lr(step) = lr · min(step / warmup, 1) with ``step`` the updates done so far (facts §2.5).
+
+    As in the original the very first update has learning rate 0 (facts §11.15): Adam's moments
+    still see its gradient. Kept so that runs match the original update for update.
+    """
+    lr, warmup = config.optim.lr, config.optim.warmup
+
+    def learning_rate_fn(step):
+        if warmup <= 0:
+            return jnp.asarray(lr, jnp.float32)
+        return lr * jnp.minimum(step / warmup, 1.0).astype(jnp.float32)
+
+    return learning_rate_fn
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+    """Global-norm clipping then Adam (β₂ = 0.999) and decoupled weight decay (facts §2.5).
+
+    The transformation yields unit-learning-rate steps; `train_step` multiplies them by
+    ``-create_learning_rate_fn(config)(state.step)``, so the schedule follows the training step
+    even when the optimizer state is fresh (e.g. after converting a foreign checkpoint).
+    Clipping is off when ``optim.grad_clip < 0``, as in the original.
+    """
+    o = config.optim
+    chain = []
+    if o.grad_clip >= 0:
+        chain.append(optax.clip_by_global_norm(o.grad_clip))
+    chain.append(optax.scale_by_adam(b1=o.beta1, b2=0.999, eps=o.eps))
+    if o.weight_decay:
+        chain.append(optax.add_decayed_weights(o.weight_decay))
+    return optax.chain(*chain)
+
+
+def create_model_fn(model) -> Callable:
+    """``model_fn(params, x, labels, rng)``: train mode with dropout key ``rng``, eval if None."""
+
+    def model_fn(params, x, labels, rng):
+        if rng is None:
+            return model.apply({"params": params}, x, labels, train=False)
+        return model.apply({"params": params}, x, labels, train=True, rngs={"dropout": rng})
+
+    return model_fn
+
+
+def create_train_state(config, model, rng, optimizer) -> TrainState:
+    """Initialises parameters (EMA = a copy of them) and the optimizer state (facts §8.2 step 2)."""
+    params_rng, dropout_rng = jax.random.split(rng)
+    x = jnp.zeros((1, *input_pipeline.image_shape(config)), jnp.float32)
+    # Labels of the dtype training feeds: discrete VE networks (NCSN, NCSNv2) index σ with ints.
+    t = jnp.ones((1,), jnp.float32)
+    labels = score_fns.get_labels(sde_lib.get_sde(config), t, config.training.continuous)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, x, labels, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=optimizer.init(params),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Step functions.
+# ----------------------------------------------------------------------------------------------
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    learning_rate_fn: Callable,
+    ema_rate: float,
+    grad_accum_steps: int = 1,
+) -> tuple[TrainState, dict]:
+    """One optimizer update on a global batch (facts §2.5–2.7).
+
+    Args:
+      state: the current `TrainState`.
+      batch: ``{"image": [B, ...]}`` already in the network's input range.
+      rng: this update's PRNG key.
+      loss_fn: ``loss_fn(params, rng, x) -> scalar`` (train mode).
+      optimizer: from `create_optimizer`.
+      learning_rate_fn: from `create_learning_rate_fn`.
+      ema_rate: EMA decay μ in ema ← μ·ema + (1 − μ)·params.
+      grad_accum_steps: average gradients of this many equal micro-batches.
+
+    Returns:
+      The new state and ``{"loss", "grad_norm", "learning_rate"}`` (grad norm before clipping).
+    """
+    x = batch["image"]
+    grad_fn = jax.value_and_grad(loss_fn)
+    if grad_accum_steps == 1:
+        loss, grads = grad_fn(state.params, rng, x)
+    else:
+        # Micro-batch i takes every grad_accum_steps-th example, so every device keeps working
+        # on its own rows and no data moves between devices.
+        micro = jnp.swapaxes(x.reshape((-1, grad_accum_steps) + x.shape[1:]), 0, 1)
+
+        def accumulate(carry, inputs):
+            i, xb = inputs
+            loss_i, grads_i = grad_fn(state.params, jax.random.fold_in(rng, i), xb)
+            return jax.tree.map(jnp.add, carry, (loss_i, grads_i)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+        (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+        loss, grads = jax.tree.map(lambda v: v / grad_accum_steps, (loss, grads))
+
+    lr = learning_rate_fn(state.step)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
+    ema_params = jax.tree.map(
+        lambda e, p: e * ema_rate + p * (1.0 - ema_rate), state.ema_params, params
+    )
+    new_state = state.replace(
+        step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
+    )
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": lr}
+
+
+def train_steps(state: TrainState, batches: dict, rng: jax.Array, **step_kwargs):
+    """Runs `train_step` over the leading axis of ``batches`` with key fold_in(rng, step)."""
+
+    def body(state, batch):
+        return train_step(state, batch, jax.random.fold_in(rng, state.step), **step_kwargs)
+
+    return jax.lax.scan(body, state, batches)
+
+
+def eval_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_fn: Callable) -> dict:
+    """Loss of the EMA parameters on ``batch`` without dropout (facts §2.7, §8.2)."""
+    return {"loss": loss_fn(state.ema_params, rng, batch["image"])}
+
+
+# ----------------------------------------------------------------------------------------------
+# Host-side helpers of the loop.
+# ----------------------------------------------------------------------------------------------
+
+
+class _PreemptionWatcher:
+    """Turns SIGTERM into a flag that the loop polls; all processes agree on it."""
+
+    def __init__(self):
+        self._flag = False
+        self._previous = None
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: preemption is left to the caller.
+            logging.warning("Not in the main thread: SIGTERM will not trigger a checkpoint.")
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM received: saving a checkpoint after the current step.")
+        self._flag = True
+
+    def reached(self) -> bool:
+        if jax.process_count() == 1:
+            return self._flag
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self._flag))))
+
+    def close(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _next_batches(iterator, num: int) -> np.ndarray:
+    """``num`` consecutive per-process batches stacked to [num, per_process_batch, ...]."""
+    return np.stack([np.asarray(next(iterator)["image"], np.float32) for _ in range(num)])
+
+
+def _to_host(x) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _flat_hparams(config) -> dict:
+    flat = {}
+
+    def visit(prefix, node):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if hasattr(value, "items"):
+                visit(f"{name}.", value)
+            elif isinstance(value, bool | int | float | str):
+                flat[name] = value
+            else:
+                flat[name] = str(value)
+
+    visit("", config)
+    return flat
+
+
+def create_snapshot_sampler(config, sde, model, shape):
+    """The config's sampler ``sample(rng, params) -> (x, nfe)`` for snapshot grids (facts §3.5)."""
+    model_fn = create_model_fn(model)
+    score_fn = score_fns.get_score_fn(sde, model_fn, continuous=config.training.continuous)
+    s = config.sampling
+    eps = sde_lib.get_sampling_eps(config)
+    method = s.method.lower()
+    if method == "pc":
+        return sampling.get_pc_sampler(
+            sde,
+            score_fn,
+            shape,
+            predictor=s.predictor.lower(),
+            corrector=s.corrector.lower(),
+            snr=s.snr,
+            n_steps=s.n_steps_each,
+            probability_flow=s.probability_flow,
+            denoise=s.noise_removal,
+            eps=eps,
+        )
+    if method == "ode":
+        return sampling.get_ode_sampler(sde, score_fn, shape, eps=eps, denoise=s.noise_removal)
+    raise ValueError(f"sampling.method={s.method!r}; valid methods: 'pc', 'ode'.")
+
+
+def _write_snapshot(config, samples, step, workdir, writer):
+    """Saves ``samples/iter_<step>/sample.{png,npz}`` (process 0) and logs the grid image."""
+    folder = os.path.join(workdir, "samples", f"iter_{step}")
+    os.makedirs(folder, exist_ok=True)
+    if samples.ndim == 2:  # TOY2D points
+        np.savez_compressed(os.path.join(folder, "sample.npz"), samples=samples)
+        image = utils.save_scatter_png(samples, os.path.join(folder, "sample.png"))
+    else:
+        images = np.clip(utils.get_data_inverse_scaler(config)(samples), 0.0, 1.0)
+        images = np.round(images * 255.0).astype(np.uint8)
+        np.savez_compressed(os.path.join(folder, "sample.npz"), samples=images)
+        image = utils.save_image_grid(images, os.path.join(folder, "sample.png"))
+    writer.write_images(step, {"samples": image[None]})
+    logging.info("Wrote %s", os.path.join(folder, "sample.png"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver.
+# ----------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> TrainState:
+    """Trains (or resumes training of) the model described by ``config`` in ``workdir``.
+
+    Writes ``checkpoints/`` (orbax), ``tensorboard/`` (clu event files) and
+    ``samples/iter_<step>/`` under ``workdir``. A re-run with the same workdir resumes from the
+    newest readable checkpoint and continues bit for bit as if never stopped. SIGTERM saves a
+    checkpoint and returns early. Steps: ``training.n_iters`` rounded up to a multiple of
+    ``training.n_jitted_steps`` (the original's count, facts §11.16).
+
+    Args:
+      config: a ConfigDict with the original's keys (facts §7).
+      workdir: output folder (created if needed).
+      mesh: a 1-D ``("data",)`` mesh; default `create_mesh()` over all devices.
+
+    Returns:
+      The final `TrainState` (replicated over ``mesh``).
+
+    Raises:
+      NonFiniteLossError: the training loss became NaN/inf; no checkpoint after it is written.
+    """
+    t = config.training
+    mesh = create_mesh() if mesh is None else mesh
+    num_devices = mesh.devices.size
+    validate_config(config, num_devices, jax.process_count())
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+
+    # ---- Shardings: state replicated, batches split along their batch axis. ----
+    replicated = NamedSharding(mesh, P())
+    batches_sharding = NamedSharding(mesh, P(None, "data"))  # [n_jitted_steps, B, ...]
+    batch_sharding = NamedSharding(mesh, P("data"))  # [B, ...]
+    shape = input_pipeline.image_shape(config)
+    n_jitted = t.n_jitted_steps
+    total_steps = math.ceil(t.n_iters / n_jitted) * n_jitted
+
+    writer = metric_writers.create_default_writer(
+        os.path.join(workdir, "tensorboard"), just_logging=not is_main
+    )
+
+    # ---- Input pipeline: every process reads only its share of each global batch. ----
+    train_iter, eval_iter = input_pipeline.create_datasets(
+        config,
+        seed=config.seed,
+        data_dir=config.data.get("data_dir", None),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+    # ---- Model, SDE, losses, optimizer. ----
+    model = models.get_model(config)
+    sde = sde_lib.get_sde(config)
+    model_fn = create_model_fn(model)
+    loss_kwargs = dict(
+        continuous=t.continuous,
+        reduce_mean=t.reduce_mean,
+        likelihood_weighting=t.likelihood_weighting,
+    )
+    train_loss_fn = losses.get_loss_fn(sde, model_fn, train=True, **loss_kwargs)
+    eval_loss_fn = losses.get_loss_fn(sde, model_fn, train=False, **loss_kwargs)
+    optimizer = create_optimizer(config)
+
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng = jax.random.fold_in(rng, 0)
+    state = jax.jit(
+        functools.partial(create_train_state, config, model, optimizer=optimizer),
+        out_shardings=replicated,
+    )(init_rng)
+
+    # ---- Restore the newest readable checkpoint, if any. ----
+    ckpt = checkpointing.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=t.max_to_keep,
+        keep_period=t.snapshot_freq,
+    )
+    iterators = {checkpointing.TRAIN_ITER: train_iter, checkpointing.EVAL_ITER: eval_iter}
+    iterators = {k: v for k, v in iterators.items() if hasattr(v, "get_state")}
+    restored = ckpt.restore_latest(state, rng, iterators=iterators)
+    if restored is None:
+        initial_step = 0
+        if is_main:
+            parameter_overview.log_parameter_overview(state.params, include_stats=False)
+        writer.write_hparams(_flat_hparams(config))
+    else:
+        state, rng, initial_step = restored
+        logging.info("Resumed from checkpoint %d in %s.", initial_step, ckpt.directory)
+    train_rng = jax.random.fold_in(rng, 1)
+    eval_rng = jax.random.fold_in(rng, 2)
+    sample_rng = jax.random.fold_in(rng, 3)
+
+    # ---- Compiled step functions. ----
+    p_train_steps = jax.jit(
+        functools.partial(
+            train_steps,
+            loss_fn=train_loss_fn,
+            optimizer=optimizer,
+            learning_rate_fn=create_learning_rate_fn(config),
+            ema_rate=config.model.ema_rate,
+            grad_accum_steps=t.grad_accum_steps,
+        ),
+        in_shardings=(replicated, batches_sharding, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    p_eval_step = jax.jit(
+        functools.partial(eval_step, loss_fn=eval_loss_fn),
+        in_shardings=(replicated, batch_sharding, replicated),
+        out_shardings=replicated,
+    )
+    sampler = None
+    num_snapshot = t.snapshot_batch_size or t.batch_size
+
+    def global_batches(iterator, num):
+        local = _next_batches(iterator, num)
+        return {
+            "image": jax.make_array_from_process_local_data(
+                batches_sharding, local, (num, t.batch_size, *shape)
+            )
+        }
+
+    saved = {"step": initial_step if restored is not None else None}
+
+    def save(step, wait=False):
+        if saved["step"] != step:  # e.g. SIGTERM right after a periodic save
+            ckpt.save(step, state, rng, iterators=iterators, config=config)
+            saved["step"] = step
+        if wait:
+            ckpt.wait_until_finished()
+
+    # ---- Train loop. Metrics of a dispatch are read while the next one runs. ----
+    pending = []  # (first step of the dispatch, device metrics [n_jitted])
+    window = []  # host metrics since the last log line
+    timer = {"start": time.time(), "side": 0.0, "steps": 0}
+
+    def drain(keep: int):
+        while len(pending) > keep:
+            first, metrics = pending.pop(0)
+            metrics = jax.device_get(metrics)
+            bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
+            if bad.size:
+                bad_step = first + int(bad[0])
+                message = (
+                    f"Non-finite training loss ({metrics['loss'][bad[0]]}) at step {bad_step}; "
+                    f"training stopped. Checkpoints on disk: {ckpt.all_steps()} (all finite)."
+                )
+                logging.error(message)
+                raise NonFiniteLossError(message)
+            window.append(metrics)
+
+    def log_train(step):
+        elapsed = time.time() - timer["start"] - timer["side"]
+        steps_per_sec = timer["steps"] / max(elapsed, 1e-9)
+        scalars = {
+            f"train_{k}": float(np.mean(np.concatenate([m[k] for m in window])))
+            for k in ("loss", "grad_norm")
+        }
+        scalars["learning_rate"] = float(window[-1]["learning_rate"][-1])
+        scalars["steps_per_sec"] = steps_per_sec
+        scalars["examples_per_sec"] = steps_per_sec * t.batch_size
+        writer.write_scalars(step, scalars)
+        eta = (total_steps - step) / max(steps_per_sec, 1e-9)
+        logging.info(
+            "step %d/%d (%.1f%%) | loss %.5g | lr %.3g | grad_norm %.3g | %.2f steps/s | ETA %s",
+            step,
+            total_steps,
+            100.0 * step / total_steps,
+            scalars["train_loss"],
+            scalars["learning_rate"],
+            scalars["train_grad_norm"],
+            steps_per_sec,
+            _format_duration(eta),
+        )
+        window.clear()
+        timer.update(start=time.time(), side=0.0, steps=0)
+
+    preemption = _PreemptionWatcher()
+    step = initial_step
+    try:
+        if step >= total_steps:
+            logging.info("Training already finished at step %d (%s).", step, ckpt.directory)
+        while step < total_steps:
+            if preemption.reached():
+                drain(0)
+                save(step, wait=True)
+                logging.warning(
+                    "Preempted: saved checkpoint %d; run the same command again to resume.", step
+                )
+                return state
+            state, metrics = p_train_steps(state, global_batches(train_iter, n_jitted), train_rng)
+            pending.append((step, metrics))
+            step += n_jitted
+            timer["steps"] += n_jitted
+            drain(1)
+
+            is_last = step == total_steps
+            is_snapshot = step % t.snapshot_freq == 0 or is_last
+            is_checkpoint = is_snapshot or step % t.snapshot_freq_for_preemption == 0
+            is_log = step % t.log_freq == 0 or step == initial_step + n_jitted or is_last
+            is_eval = step % t.eval_freq == 0
+            if not (is_log or is_eval or is_checkpoint):
+                continue
+            drain(0)
+            if is_log:
+                log_train(step)
+            side_start = time.time()
+            if is_eval:
+                local = np.asarray(next(eval_iter)["image"], np.float32)
+                eval_batch = {
+                    "image": jax.make_array_from_process_local_data(batch_sharding, local)
+                }
+                loss = p_eval_step(state, eval_batch, jax.random.fold_in(eval_rng, step))
+                writer.write_scalars(step, {"eval_loss": float(loss["loss"])})
+            if is_checkpoint:
+                save(step)
+            if is_snapshot and t.snapshot_sampling:
+                if sampler is None:
+                    sampler = create_snapshot_sampler(config, sde, model, (num_snapshot, *shape))
+                samples, _ = sampler(jax.random.fold_in(sample_rng, step), state.ema_params)
+                samples = _to_host(samples)
+                if is_main:
+                    _write_snapshot(config, samples, step, workdir, writer)
+            timer["side"] += time.time() - side_start
+        drain(0)
+    finally:
+        preemption.close()
+        ckpt.wait_until_finished()
+        ckpt.close()
+        writer.flush()
+    return state

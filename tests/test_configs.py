@@ -1,0 +1,396 @@
+"""The 39 experiment configs of the original (facts §7) load, build and train.
+
+* every config file the facts tables list exists at the same path under ``configs/`` and no other;
+* its network (`jax.eval_shape`, no real initialisation) has the parameter count of the original:
+  the fixture ``param_shapes_full.json`` where it lists the config, facts §6.4–6.6 otherwise;
+* its effective values equal the facts tables 7.3.A–E (parsed from the facts sheet), except the
+  documented fixes of the five configs that are broken in the original (facts §11.11–11.14);
+* shrunk (8 x 8 images, tiny widths), it gets a batch from the real input pipeline under mock data
+  and its whole init + training step traces (`jax.eval_shape`); three configs (`RUN_FOR_REAL`)
+  compile and run that step: the initial loss of a zero-output network, moved parameters, the
+  EMA update of facts §2.6.
+"""
+
+import functools
+import importlib.util
+import json
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from conftest import REPO_ROOT, shared_dir
+from PIL import Image
+
+from score_sde_jax import input_pipeline, losses, models, score_fns, sde_lib, train_lib
+
+CONFIG_DIR = REPO_ROOT / "configs"
+CONFIGS = sorted(
+    str(p.relative_to(CONFIG_DIR))
+    for p in CONFIG_DIR.rglob("*.py")
+    if p.name != "__init__.py" and not p.name.startswith("default_")
+)
+FACTS = shared_dir() / "reference" / "official_score_sde_facts.md"
+PARAM_SHAPES = shared_dir() / "fixtures" / "official_models" / "param_shapes_full.json"
+
+# Facts §6.4–6.6 for the configs the fixture JSON does not list (NCSN v1 counts are those of the
+# fixed network; its embedding tables grow with N = num_scales).
+FACTS_PARAM_COUNTS = {
+    "ve/cifar10_ncsnpp.py": 62_693_251,
+    "ve/celeba_ncsnpp.py": 62_693_251,
+    "vp/cifar10_ncsnpp.py": 62_693_251,
+    "vp/cifar10_ncsnpp_continuous.py": 62_693_251,
+    "subvp/cifar10_ncsnpp_continuous.py": 62_693_251,
+    "vp/cifar10_ncsnpp_deep_continuous.py": 107_521_411,
+    "subvp/cifar10_ncsnpp_deep_continuous.py": 107_521_411,
+    "vp/cifar10_ddpmpp.py": 61_804_419,
+    "subvp/cifar10_ddpmpp_continuous.py": 61_804_419,
+    "vp/cifar10_ddpmpp_deep_continuous.py": 106_632_579,
+    "vp/ddpm/cifar10_continuous.py": 35_218_947,
+    "subvp/cifar10_ddpm_continuous.py": 35_218_947,
+    "ve/cifar10_ddpm.py": 35_218_947,
+    "vp/ddpm/cifar10_unconditional.py": 32_329_347,
+    "vp/ddpm/bedroom.py": 111_569_923,
+    "vp/ddpm/church.py": 111_569_923,
+    "vp/ddpm/celebahq.py": 111_569_923,
+    "ve/bedroom_ncsnpp_continuous.py": 65_574_549,
+    "ve/church_ncsnpp_continuous.py": 65_574_549,
+    "ve/ffhq_256_ncsnpp_continuous.py": 65_574_549,
+    "ve/ffhq_ncsnpp_continuous.py": 105_785_896,
+    "ve/celebahq_ncsnpp_continuous.py": 105_785_896,
+    "ve/ncsnv2/celeba.py": 33_970_563,
+    "ve/ncsnv2/bedroom.py": 83_445_379,
+    "ve/ncsn/cifar10.py": 34_428_675,
+    "ve/ncsn/cifar10_5.py": 34_428_675,
+    "ve/ncsn/celeba.py": 34_428_675,
+    "ve/ncsn/celeba_5.py": 34_428_675,
+    "ve/ncsn/cifar10_124.py": 44_828_931,
+    "ve/ncsn/cifar10_1245.py": 44_828_931,
+    "ve/ncsn/celeba_124.py": 57_384_195,
+    "ve/ncsn/celeba_1245.py": 57_384_195,
+}
+
+_1024_FIXES = {
+    # Keys the stand-alone originals lacked (facts §7.4, §11.14), now from default_1024_configs.
+    "training.n_jitted_steps": 1,
+    "eval.enable_sampling": True,
+    "eval.enable_loss": True,
+    "eval.enable_bpd": False,
+    "eval.bpd_dataset": "test",
+    # Inherited, unused by the VE SDE.
+    "model.beta_min": 0.1,
+    "model.beta_max": 20.0,
+}
+# Where a config deliberately differs from the original's effective value (facts §11.12–11.14).
+FIXES = {
+    "ve/ncsn/celeba.py": {"training.sde": "vesde"},  # the original set training.loss
+    "ve/ncsnv2/bedroom.py": {"training.continuous": False},  # the original's `continuouse`
+    "ve/ffhq_ncsnpp_continuous.py": _1024_FIXES,
+    "ve/celebahq_ncsnpp_continuous.py": _1024_FIXES,
+}
+MISSING = object()  # a key the config does not set ("—" in the facts tables)
+
+
+def load_config(name: str):
+    """``get_config()`` of ``configs/<name>``, imported by path as `config_flags` does."""
+    spec = importlib.util.spec_from_file_location(
+        "config_under_test_" + re.sub(r"\W", "_", name), CONFIG_DIR / name
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def lookup(config, key: str):
+    """``config.<key>`` for a dotted key, or `MISSING` when the config does not set it."""
+    node = config
+    for part in key.split("."):
+        if part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def parse_cell(text: str):
+    text = text.strip()
+    if text in ("—", "True", "False"):
+        return {"True": True, "False": False}.get(text, MISSING)
+    if text.startswith("["):
+        return json.loads(text)
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@functools.cache
+def facts_tables() -> dict[str, dict[str, object]]:
+    """{config path: {dotted key: effective value}} from the facts sheet's tables 7.3.A–E."""
+    rows: dict[str, dict[str, object]] = {}
+    header = None
+    in_tables = False
+    for line in FACTS.read_text().splitlines():
+        if line.startswith("#### Table 7.3."):
+            in_tables, header = True, None
+        elif line.startswith("### 7.4"):
+            break
+        elif in_tables and line.startswith("| config |"):
+            header = [cell.strip() for cell in line.strip("|").split("|")][1:]
+        elif in_tables and header and line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            name = cells[0].strip("`")
+            values = rows.setdefault(name, {})
+            for key, cell in zip(header, cells[1:], strict=True):
+                values[key] = parse_cell(cell)
+    return rows
+
+
+def same_value(expected, actual) -> bool:
+    if expected is MISSING:
+        return actual is MISSING
+    if isinstance(expected, bool | str):
+        return type(actual) is type(expected) and actual == expected
+    if isinstance(expected, list):
+        return isinstance(actual, list | tuple) and list(actual) == expected
+    return (
+        isinstance(actual, int | float)
+        and not isinstance(actual, bool)
+        and math.isclose(actual, expected, rel_tol=1e-12)
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The set of configs and their values.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_the_39_configs_of_the_original_are_here_and_nothing_else():
+    assert len(facts_tables()) == 39
+    assert CONFIGS == sorted(facts_tables())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_effective_values_match_the_facts_tables(name):
+    config = load_config(name)
+    expected = dict(facts_tables()[name], **FIXES.get(name, {}))
+    assert len(expected) == 59  # every column of tables 7.3.A–E
+    wrong = {
+        key: (value, lookup(config, key))
+        for key, value in expected.items()
+        if not same_value(value, lookup(config, key))
+    }
+    assert not wrong, f"{name}: (facts, config) differ for {wrong}"
+
+
+def test_the_fixes_of_the_broken_originals():
+    # NCSN v1 (facts §11.11): one embedding row per noise level, also after an override.
+    for name in (n for n in CONFIGS if n.startswith("ve/ncsn/")):
+        config = load_config(name)
+        assert config.model.num_classes == config.model.num_scales
+        config.model.num_scales = 7
+        assert config.model.num_classes == 7
+    assert "loss" not in load_config("ve/ncsn/celeba.py").training  # facts §11.12
+    assert "continuouse" not in load_config("ve/ncsnv2/bedroom.py").training  # §11.13
+    for name in ("ve/ffhq_ncsnpp_continuous.py", "ve/celebahq_ncsnpp_continuous.py"):
+        config = load_config(name)
+        assert "device" not in config  # the original's torch.device (facts §11.14)
+        # The original's author-local records path is a placeholder to fill in.
+        assert config.data.tfrecords_path is None and config.data.path is None
+
+
+def test_data_keys_name_what_the_pipeline_reads():
+    data = {name: load_config(name).data for name in CONFIGS}
+    categories = {name: d.get("category") for name, d in data.items() if d.dataset == "LSUN"}
+    assert categories == {
+        "ve/bedroom_ncsnpp_continuous.py": "bedroom",
+        "ve/church_ncsnpp_continuous.py": "church_outdoor",
+        "ve/ncsnv2/bedroom.py": "bedroom",
+        "vp/ddpm/bedroom.py": "bedroom",
+        "vp/ddpm/church.py": "church_outdoor",
+    }
+    config = load_config("ve/ffhq_256_ncsnpp_continuous.py")
+    with pytest.raises(ValueError, match="data.tfrecords_path"):
+        input_pipeline.create_datasets(config, seed=0, process_index=0, process_count=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Full-size parameter counts.
+# ------------------------------------------------------------------------------------------------
+
+
+def model_inputs(config):
+    """Abstract network inputs: x [1, H, W, C] and labels as `score_fns.get_labels` makes them."""
+    sde = sde_lib.get_sde(config)
+    labels = score_fns.get_labels(sde, jnp.full((1,), 0.5), config.training.continuous)
+    size = config.data.image_size
+    x = jax.ShapeDtypeStruct((1, size, size, config.data.num_channels), jnp.float32)
+    return x, jax.ShapeDtypeStruct(labels.shape, labels.dtype)
+
+
+@functools.cache
+def _param_sizes(model, x, labels) -> tuple[int, ...]:
+    # Keyed by the (frozen, comparable) module: configs with the same network trace it once.
+    variables = jax.eval_shape(
+        lambda x, labels: model.init(
+            {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, labels, train=False
+        ),
+        x,
+        labels,
+    )
+    return tuple(sorted(leaf.size for leaf in jax.tree.leaves(variables["params"])))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_full_size_parameter_count(name):
+    config = load_config(name)
+    sizes = _param_sizes(models.get_model(config), *model_inputs(config))
+    official = json.loads(PARAM_SHAPES.read_text()).get(name.removesuffix(".py"))
+    if official is None:
+        assert sum(sizes) == FACTS_PARAM_COUNTS[name]
+    else:
+        # GroupNorm leaves are (1, 1, 1, C) there and (C,) here: compare sizes, not shapes.
+        official_sizes = sorted(math.prod(shape) for shape in official["params"].values())
+        assert sum(sizes) == official["total"]
+        assert list(sizes) == official_sizes
+
+
+def test_every_config_has_one_expected_parameter_count():
+    listed = {k + ".py" for k in json.loads(PARAM_SHAPES.read_text()) if not k.startswith("_")}
+    assert sorted((listed & set(CONFIGS)) | set(FACTS_PARAM_COUNTS)) == CONFIGS
+    assert not listed & set(FACTS_PARAM_COUNTS)
+
+
+# ------------------------------------------------------------------------------------------------
+# One shrunk training step per config.
+# ------------------------------------------------------------------------------------------------
+
+SHRUNK_SIZE = 8
+SHRUNK_BATCH = 2
+
+
+def shrink(config, image_folder):
+    """8 x 8 images, batch 2, the narrowest widths each network allows, first two levels."""
+    config.data.image_size = SHRUNK_SIZE
+    config.training.batch_size = config.eval.batch_size = SHRUNK_BATCH
+    # The original's warmup gives the first update learning rate 0 (facts §11.15).
+    config.optim.warmup = 0
+    model = config.model
+    if model.name in ("ncsnpp", "ddpm"):
+        model.nf = 16 if model.name == "ncsnpp" else 32  # DDPM: GroupNorm(32) needs 32 channels
+        model.ch_mult = tuple(model.ch_mult[:2])
+        model.num_res_blocks = 1
+        model.attn_resolutions = (SHRUNK_SIZE // 2,)
+    else:  # NCSN v1 / NCSNv2: fixed RefineNet topology
+        model.nf = 8
+    if config.data.dataset == "FFHQ":  # not in tfds: an image folder stands in for the records
+        config.data.path = str(image_folder)
+    return config
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ffhq")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def mock_batch(config) -> np.ndarray:
+    """One training batch of ``config`` from the real input pipeline under tfds mock data."""
+    with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+        train_iter, _ = input_pipeline.create_datasets(
+            config, seed=0, process_index=0, process_count=1
+        )
+        return next(train_iter)["image"]
+
+
+def init_and_train_step(config):
+    """``f(rng, images) -> (initial params, state after one update, metrics)`` via train_lib."""
+    model = models.get_model(config)
+    sde = sde_lib.get_sde(config)
+    t = config.training
+    loss_fn = losses.get_loss_fn(
+        sde,
+        train_lib.create_model_fn(model),
+        continuous=t.continuous,
+        reduce_mean=t.reduce_mean,
+        likelihood_weighting=t.likelihood_weighting,
+        train=True,
+    )
+    optimizer = train_lib.create_optimizer(config)
+
+    def run(rng, images):
+        init_rng, step_rng = jax.random.split(rng)
+        state = train_lib.create_train_state(config, model, init_rng, optimizer)
+        new_state, metrics = train_lib.train_step(
+            state,
+            {"image": images},
+            step_rng,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
+            learning_rate_fn=train_lib.create_learning_rate_fn(config),
+            ema_rate=config.model.ema_rate,
+        )
+        return state.params, new_state, metrics
+
+    return run
+
+
+# Compiling a step costs 15-60 CPU-seconds even for these tiny networks (XLA:CPU), so only these
+# configs compile and run theirs; the rest trace it (`jax.eval_shape`). They cover the three loss
+# functions of `losses.get_loss_fn` (continuous DSM, SMLD, DDPM; VP continuous training runs end
+# to end in test_train.py) and a fixed original (1024 px). NCSN v1 / NCSNv2, the slowest to
+# compile, are run numerically by test_networks_other.py.
+RUN_FOR_REAL = ("ve/ffhq_ncsnpp_continuous.py", "ve/cifar10_ddpm.py", "vp/ddpm/cifar10.py")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shrunk_training_step(name, image_folder):
+    config = shrink(load_config(name), image_folder)
+    images = mock_batch(config)
+    assert images.shape == (SHRUNK_BATCH, SHRUNK_SIZE, SHRUNK_SIZE, 3)
+    assert images.dtype == np.float32
+    low = -1.0 if config.data.centered else 0.0
+    assert low <= images.min() and images.max() <= 1.0 and images.std() > 0.01
+
+    run = init_and_train_step(config)
+    # A typed RBG key: XLA compiles its generator far faster than threefry on CPU.
+    rng = jax.random.key(0, impl="rbg")
+    params, state, metrics = jax.eval_shape(run, rng, images)
+    assert metrics["loss"].shape == () and metrics["loss"].dtype == jnp.float32
+    assert jax.tree.structure(state.params) == jax.tree.structure(params)
+    if name not in RUN_FOR_REAL:
+        return
+
+    # Optimisation level 0: a tiny network's step compiles ~2.5x faster and runs just as well.
+    compiled = jax.jit(run).lower(rng, images).compile({"xla_backend_optimization_level": 0})
+    params, state, metrics = jax.device_get(compiled(rng, images))
+    assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0
+    # The output layers are 1e-10-initialised (init_scale 0, facts §6.0): the network output and
+    # the score are ~0, so each of the B·D dimensions adds z² to the loss, E[z²] = 1; the
+    # reduction is a mean, or 0.5 x the sum over D (§2.1–2.4). B·D = 384 draws: sd 7 %.
+    per_example = 1.0 if config.training.reduce_mean else 0.5 * images[0].size
+    assert abs(metrics["loss"] / per_example - 1.0) < 0.25
+    assert np.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0
+    assert int(state.step) == 1
+    before, after = jax.tree.leaves(params), jax.tree.leaves(state.params)
+    moved = [np.any(a != b) for a, b in zip(before, after, strict=True)]
+    # Not all: residual branches end in a 1e-10-initialised conv (facts §6.0), so the leaves
+    # before it get ~1e-10 gradients and a first update below float32 resolution; the
+    # Fourier W is frozen.
+    assert np.mean(moved) > 0.5
+    # EMA from the initial parameters (facts §2.6).
+    mu = config.model.ema_rate
+    for old, new, ema in zip(before, after, jax.tree.leaves(state.ema_params), strict=True):
+        np.testing.assert_allclose(ema, mu * old + (1 - mu) * new, rtol=1e-5, atol=1e-6)
+
+
+def test_the_configs_run_for_real_cover_every_loss_function():
+    objectives = {(c.training.sde, c.training.continuous) for c in map(load_config, RUN_FOR_REAL)}
+    assert objectives == {("vesde", True), ("vesde", False), ("vpsde", False)}
