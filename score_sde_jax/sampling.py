@@ -6,11 +6,14 @@
   generic `pc_loop` that controllable generation reuses.
 * `get_ode_sampler`: the probability-flow ODE on diffrax with per-sample adaptive steps.
 * `get_sde_sampler`: the reverse SDE on diffrax (Euler or Heun on a Brownian path).
+* `get_heun_sampler`, `get_dpm_solver_sampler`: few-step deterministic samplers (beyond the
+  paper; `score_sde_jax.fast_sampling`).
 
 Every sampler returns ``sample(rng, params, ...) -> (x, nfe)``; noise of sample b comes from its
 own key, so samples do not depend on their batch-mates unless asked to reproduce the original.
 """
 
+from score_sde_jax.fast_sampling import get_dpm_solver_sampler, get_heun_sampler
 from score_sde_jax.ode_sampling import get_ode_sampler, get_sde_sampler, tweedie_denoise
 from score_sde_jax.pc_sampling import (
     corrector_names,
@@ -28,6 +31,8 @@ from score_sde_jax.pc_sampling import (
 __all__ = [
     "corrector_names",
     "get_corrector",
+    "get_dpm_solver_sampler",
+    "get_heun_sampler",
     "get_ode_sampler",
     "get_pc_sampler",
     "get_predictor",

@@ -420,7 +420,9 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     eval_loss_fn = losses.get_loss_fn(sde, model_fn, train=False, **loss_kwargs)
     optimizer = create_optimizer(config)
 
-    rng = jax.random.PRNGKey(config.seed)
+    # The base key lives on the host: every key is derived from it inside jitted functions, so it
+    # must not be committed to one device.
+    rng = np.asarray(jax.random.PRNGKey(config.seed))
     init_rng = jax.random.fold_in(rng, 0)
     state = jax.jit(
         functools.partial(create_train_state, config, model, optimizer=optimizer),
@@ -443,6 +445,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
         writer.write_hparams(_flat_hparams(config))
     else:
         state, rng, initial_step = restored
+        rng = np.asarray(jax.device_get(rng))
         logging.info("Resumed from checkpoint %d in %s.", initial_step, ckpt.directory)
     train_rng = jax.random.fold_in(rng, 1)
     eval_rng = jax.random.fold_in(rng, 2)

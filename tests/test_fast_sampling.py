@@ -80,7 +80,7 @@ def test_few_step_samplers_match_pc_with_1000_steps(name, kind, steps, reference
     sde = SDES[name]
     score_fn = gmm.get_score_fn(sde)
     if kind == "heun":
-        sample = fast_sampling.get_heun_sampler(sde, score_fn, (N_SAMPLES, 2), steps)
+        sample = sampling.get_heun_sampler(sde, score_fn, (N_SAMPLES, 2), steps)
     else:
         order = int(kind[-1])
         sample = fast_sampling.get_dpm_solver_sampler(
