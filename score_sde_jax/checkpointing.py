@@ -10,7 +10,7 @@ A checkpoint is one orbax step directory ``<workdir>/checkpoints/<step>/`` with 
 Kept checkpoints: the ``max_to_keep`` most recent ones plus every multiple of ``keep_period``
 (``training.snapshot_freq``). Saves are asynchronous; a save refuses non-finite parameters,
 so no checkpoint on disk ever holds NaNs. `restore_latest` falls back to the previous
-checkpoint, with a log line, when the latest one cannot be read.
+checkpoint, with a log line, when the latest one cannot be read, and raises when none can.
 """
 
 import json
@@ -47,6 +47,15 @@ def _all_finite(tree) -> jax.Array:
 def all_finite(tree) -> bool:
     """Whether every floating-point leaf of ``tree`` is finite (one device reduction)."""
     return bool(_all_finite(tree))
+
+
+def _abstract_leaf(x):
+    """Shape, dtype and sharding to restore ``x`` into (replicated if ``x`` has no sharding)."""
+    if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
+        mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
+    return ocp.utils.to_shape_dtype_struct(x)
 
 
 def _grain_args(iterators: dict, save: bool) -> dict:
@@ -153,23 +162,28 @@ class CheckpointManager:
     def restore_latest(self, train_state, rng, *, iterators=None):
         """Restores the newest readable checkpoint into the layout of ``train_state``.
 
-        Checkpoints are tried newest first; one that fails to load or holds non-finite values
-        is logged, moved aside to ``<step>.corrupt`` and the previous one is tried.
+        Checkpoints are tried newest first. When one fails to load (or holds non-finite values)
+        but an older one loads, the failed ones are logged and renamed to ``<step>.corrupt``.
+        When none loads, nothing is renamed and an error is raised: a failure common to every
+        checkpoint (say, a config whose network differs from the saved one) is not corruption.
 
         Args:
-          train_state: a `TrainState` (concrete or abstract) whose shapes, dtypes and shardings
-            the restored arrays take.
+          train_state: a `TrainState`, concrete or abstract (`jax.eval_shape`), whose shapes,
+            dtypes and shardings the restored arrays take; leaves without a sharding are
+            restored replicated over all devices.
           rng: a PRNG key of the saved key's shape and dtype.
           iterators: grain iterators to set to their saved positions (restored in place).
 
         Returns:
-          ``(train_state, rng, step)``, or ``None`` if no readable checkpoint exists.
+          ``(train_state, rng, step)``, or ``None`` if the directory holds no checkpoint.
+
+        Raises:
+          RuntimeError: there are checkpoints but none of them can be restored.
         """
-        abstract = jax.tree.map(
-            ocp.utils.to_shape_dtype_struct, {"train_state": train_state, "rng": rng}
-        )
+        abstract = jax.tree.map(_abstract_leaf, {"train_state": train_state, "rng": rng})
         iterators = {k: v for k, v in (iterators or {}).items() if v is not None}
         initial_states = {k: v.get_state() for k, v in iterators.items()}
+        failed = []
         for step in reversed(self.all_steps()):
             try:
                 restored = self._restore(step, abstract, iterators, initial_states)
@@ -178,14 +192,23 @@ class CheckpointManager:
             except Exception as e:  # noqa: BLE001 (any read failure means "unusable checkpoint")
                 ok, error = False, f"{type(e).__name__}: {e}"
             if _agree(ok):
+                for bad_step, _ in failed:
+                    self._set_aside(bad_step)
                 return restored["train_state"], restored["rng"], step
+            error = error or "unreadable on another process"
             logging.warning(
                 "Checkpoint %d in %s is unusable (%s); falling back to the previous checkpoint.",
                 step,
                 self.directory,
-                error or "unreadable on another process",
+                error,
             )
-            self._set_aside(step)
+            failed.append((step, error))
+        if failed:
+            raise RuntimeError(
+                f"None of the checkpoints {sorted(s for s, _ in failed)} in {self.directory} can "
+                f"be restored; the newest failed with: {failed[0][1]}. Check that the config "
+                "matches the one the run was started with, or use a new workdir."
+            )
         return None
 
     def _set_aside(self, step):

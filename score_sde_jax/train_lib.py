@@ -38,7 +38,7 @@ from score_sde_jax import (
     utils,
 )
 
-# Config sections whose keys name step counts that must be multiples of n_jitted_steps.
+# training.* step intervals; each must be a multiple of training.n_jitted_steps (facts §8.2).
 _STEP_FREQUENCIES = ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption")
 
 
@@ -84,7 +84,8 @@ def validate_config(config, num_devices: int, num_processes: int) -> None:
     optimizer is Adam.
     """
     t = config.training
-    if t.n_jitted_steps < 1 or t.grad_accum_steps < 1:
+    accum = t.get("grad_accum_steps", 1)
+    if t.n_jitted_steps < 1 or accum < 1:
         raise ValueError("training.n_jitted_steps and training.grad_accum_steps must be >= 1.")
     for name in _STEP_FREQUENCIES:
         if t[name] <= 0 or t[name] % t.n_jitted_steps:
@@ -101,10 +102,10 @@ def validate_config(config, num_devices: int, num_processes: int) -> None:
                 f"{key}={size} must be divisible by the number of devices ({num_devices}) and "
                 f"processes ({num_processes})."
             )
-    if (t.batch_size // num_devices) % t.grad_accum_steps:
+    if (t.batch_size // num_devices) % accum:
         raise ValueError(
             f"The per-device batch {t.batch_size // num_devices} must be divisible by "
-            f"training.grad_accum_steps={t.grad_accum_steps}."
+            f"training.grad_accum_steps={accum}."
         )
     if config.optim.optimizer.lower() != "adam":
         raise ValueError(f"optim.optimizer={config.optim.optimizer!r}; only 'Adam' is supported.")
@@ -230,7 +231,7 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
     )
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": lr}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr}
 
 
 def train_steps(state: TrainState, batches: dict, rng: jax.Array, **step_kwargs):
@@ -338,6 +339,11 @@ def create_snapshot_sampler(config, sde, model, shape):
     raise ValueError(f"sampling.method={s.method!r}; valid methods: 'pc', 'ode'.")
 
 
+def _sharded_sampler(sampler, sharding):
+    """``sampler`` jitted so that its samples are split over the devices of ``sharding``."""
+    return jax.jit(lambda rng, params: sampler(rng, params)[0], out_shardings=sharding)
+
+
 def _write_snapshot(config, samples, step, workdir, writer):
     """Saves ``samples/iter_<step>/sample.{png,npz}`` (process 0) and logs the grid image."""
     folder = os.path.join(workdir, "samples", f"iter_{step}")
@@ -432,7 +438,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     # ---- Restore the newest readable checkpoint, if any. ----
     ckpt = checkpointing.CheckpointManager(
         os.path.join(workdir, "checkpoints"),
-        max_to_keep=t.max_to_keep,
+        max_to_keep=t.get("max_to_keep", 2),
         keep_period=t.snapshot_freq,
     )
     iterators = {checkpointing.TRAIN_ITER: train_iter, checkpointing.EVAL_ITER: eval_iter}
@@ -459,7 +465,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
             optimizer=optimizer,
             learning_rate_fn=create_learning_rate_fn(config),
             ema_rate=config.model.ema_rate,
-            grad_accum_steps=t.grad_accum_steps,
+            grad_accum_steps=t.get("grad_accum_steps", 1),
         ),
         in_shardings=(replicated, batches_sharding, replicated),
         out_shardings=(replicated, replicated),
@@ -471,7 +477,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
         out_shardings=replicated,
     )
     sampler = None
-    num_snapshot = t.snapshot_batch_size or t.batch_size
+    num_snapshot = t.get("snapshot_batch_size", None) or t.batch_size
 
     def global_batches(iterator, num):
         local = _next_batches(iterator, num)
@@ -518,20 +524,23 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
             for k in ("loss", "grad_norm")
         }
         scalars["learning_rate"] = float(window[-1]["learning_rate"][-1])
-        scalars["steps_per_sec"] = steps_per_sec
-        scalars["examples_per_sec"] = steps_per_sec * t.batch_size
+        if step == initial_step + n_jitted:  # the first dispatch also compiled the step
+            speed = f"first step incl. compilation {_format_duration(elapsed)}"
+        else:
+            scalars["steps_per_sec"] = steps_per_sec
+            scalars["examples_per_sec"] = steps_per_sec * t.batch_size
+            eta = (total_steps - step) / max(steps_per_sec, 1e-9)
+            speed = f"{steps_per_sec:.2f} steps/s | ETA {_format_duration(eta)}"
         writer.write_scalars(step, scalars)
-        eta = (total_steps - step) / max(steps_per_sec, 1e-9)
         logging.info(
-            "step %d/%d (%.1f%%) | loss %.5g | lr %.3g | grad_norm %.3g | %.2f steps/s | ETA %s",
+            "step %d/%d (%.1f%%) | loss %.5g | lr %.3g | grad_norm %.3g | %s",
             step,
             total_steps,
             100.0 * step / total_steps,
             scalars["train_loss"],
             scalars["learning_rate"],
             scalars["train_grad_norm"],
-            steps_per_sec,
-            _format_duration(eta),
+            speed,
         )
         window.clear()
         timer.update(start=time.time(), side=0.0, steps=0)
@@ -577,8 +586,11 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
                 save(step)
             if is_snapshot and t.snapshot_sampling:
                 if sampler is None:
-                    sampler = create_snapshot_sampler(config, sde, model, (num_snapshot, *shape))
-                samples, _ = sampler(jax.random.fold_in(sample_rng, step), state.ema_params)
+                    sampler = _sharded_sampler(
+                        create_snapshot_sampler(config, sde, model, (num_snapshot, *shape)),
+                        batch_sharding if num_snapshot % num_devices == 0 else replicated,
+                    )
+                samples = sampler(jax.random.fold_in(sample_rng, step), state.ema_params)
                 samples = _to_host(samples)
                 if is_main:
                     _write_snapshot(config, samples, step, workdir, writer)

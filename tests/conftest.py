@@ -15,13 +15,10 @@ def shared_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("SCORE_SDE_SHARED", REPO_ROOT.parent / "shared"))
 
 
-# Work in progress, not yet green on a clean checkout (see the open issues' notes): the training
-# system's end-to-end tests, the per-config training step, the notebook execution, and the
-# few-step samplers (Heun at 49 NFE is not yet as close as PC-1000 on the VP mixture).
+# Work in progress, not yet green on a clean checkout (see the open issues' notes): the
+# per-config training step, the notebook execution and the few-step samplers.
 collect_ignore = [
     "test_fast_sampling.py",
-    "test_train.py",
-    "test_train_multiprocess.py",
     "test_configs.py",
     "test_notebooks.py",
 ]

@@ -130,7 +130,7 @@ def test_train_step_updates_params_ema_and_step():
     np.testing.assert_array_equal(state1.params["w"], state0.params["w"])
     np.testing.assert_array_equal(state1.ema_params["w"], state0.ema_params["w"])
     grads = jax.grad(_quadratic_loss)(state0.params, None, x)
-    assert float(metrics1["grad_norm"]) == pytest.approx(float(optax.global_norm(grads)), 1e-6)
+    assert float(metrics1["grad_norm"]) == pytest.approx(float(optax.tree.norm(grads)), 1e-6)
     state2, metrics2 = _step(state1, x, config)
     assert float(metrics2["learning_rate"]) == pytest.approx(0.05)
     updates, _ = train_lib.create_optimizer(config).update(
@@ -245,18 +245,44 @@ def test_checkpoint_manager_refuses_non_finite_state(tmp_path):
     assert manager.all_steps() == []
 
 
+def test_restore_raises_and_renames_nothing_when_no_checkpoint_fits(tmp_path):
+    manager = checkpointing.CheckpointManager(tmp_path, async_save=False)
+    rng = np.asarray(jax.random.PRNGKey(0))
+    for step in (1, 2):
+        manager.save(step, {"w": jnp.ones(3)}, rng)
+    with pytest.raises(RuntimeError, match=r"None of the checkpoints \[1, 2\]"):
+        manager.restore_latest({"w": jnp.ones((2, 2))}, rng)
+    assert manager.all_steps() == [1, 2]
+    state, _, step = manager.restore_latest({"w": jnp.zeros(3)}, rng)
+    assert step == 2 and np.asarray(state["w"]).tolist() == [1.0, 1.0, 1.0]
+
+
 # ----------------------------------------------------------------------------------------------
 # End-to-end runs of the shipped configs.
 # ----------------------------------------------------------------------------------------------
 
 
-def test_digits_default_config_end_to_end(tmp_path):
+def one_device():
+    """A 1-device mesh: the U-Net runs below compile faster unpartitioned (sharding: toy tests)."""
+    return train_lib.create_mesh(jax.devices()[:1])
+
+
+@pytest.fixture
+def fast_compile():
+    """Skips most XLA optimisations: these tests compile whole U-Nets to run them once or twice."""
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def test_digits_default_config_end_to_end(tmp_path, fast_compile):
     config = digits.get_config()  # the model and data as shipped; fewer steps and samples
     t = config.training
     t.n_iters, t.log_freq, t.eval_freq = 2, 1, 2
     t.snapshot_freq, t.snapshot_freq_for_preemption, t.snapshot_batch_size = 2, 1, 4
     config.model.num_scales = 4
-    state = train_lib.train_and_evaluate(config, str(tmp_path))
+    state = train_lib.train_and_evaluate(config, str(tmp_path), mesh=one_device())
     assert int(state.step) == 2
     size = config.data.image_size
     samples = np.load(tmp_path / "samples" / "iter_2" / "sample.npz")["samples"]
@@ -280,7 +306,7 @@ def _shrink(config):
     return config
 
 
-def test_vp_cifar10_config_one_step_under_mock_data(tmp_path):
+def test_vp_cifar10_config_one_step_under_mock_data(tmp_path, fast_compile):
     config = _shrink(cifar10_ddpmpp_continuous.get_config())
     config.data.image_size = 8
     m = config.model
@@ -288,14 +314,14 @@ def test_vp_cifar10_config_one_step_under_mock_data(tmp_path):
     config.training.n_iters = 1
     config.training.snapshot_sampling = False  # sampling: digits and VE tests
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
-        state = train_lib.train_and_evaluate(config, str(tmp_path))
+        state = train_lib.train_and_evaluate(config, str(tmp_path), mesh=one_device())
     assert int(state.step) == 1
     assert np.isfinite(read_scalars(str(tmp_path), "train_loss")[1])
     assert np.isfinite(read_scalars(str(tmp_path), "eval_loss")[1])
     assert os.listdir(tmp_path / "checkpoints") == ["1"]
 
 
-def test_converted_original_checkpoint_resumes_training_for_ve_cifar10(tmp_path):
+def test_converted_original_checkpoint_resumes_training_for_ve_cifar10(tmp_path, fast_compile):
     fixture = shared_dir() / "fixtures" / "official_models"
     reference = np.load(fixture / "ncsnpp_ve_small.npz")
     # The fixture's network: the VE CIFAR-10 config with the changes its README lists.
@@ -313,7 +339,7 @@ def test_converted_original_checkpoint_resumes_training_for_ve_cifar10(tmp_path)
     config.training.eval_freq = 1000  # no evaluation at step 50006 (covered elsewhere)
     config.model.dropout = 0.0  # so that one step from the converted weights is deterministic
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
-        state = train_lib.train_and_evaluate(config, str(tmp_path))
+        state = train_lib.train_and_evaluate(config, str(tmp_path), mesh=one_device())
     assert int(state.step) == step + 1
     # The file's raw weights are its EMA weights + 0.001; one update later the EMA is
     # 0.999·ema + 0.001·params (facts §2.6) and the frozen Fourier W has not moved.

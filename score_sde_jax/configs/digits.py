@@ -1,10 +1,13 @@
 """Offline default: a small NCSN++ with the VP SDE on scikit-learn's handwritten digits.
 
-The 1,797 8×8 digits ship with scikit-learn, so nothing is downloaded. They are resized to
-16×16 (antialiased bilinear) and centred to [-1, 1]. Same key layout as the paper configs
-(facts §7); the values are scaled down so that training plus the final sample grid take a few
-minutes on a laptop CPU. The VP SDE is used because its noise-predicting network and the
-Euler–Maruyama sampler need no corrector tuning and give clean digits after a short run.
+The 1,797 8×8 digits ship with scikit-learn, so nothing is downloaded; they are used at their
+native 8×8 size, centred to [-1, 1] (the last 180 are held out). Same key layout as the paper
+configs (facts §7); the values are scaled down so that training plus the final sample grid take
+about five minutes on a 2-core CPU. The VP SDE is used because its noise-predicting network and
+the Euler–Maruyama sampler need no corrector tuning and give clean digits after a short run.
+On a CPU ``n_jitted_steps = 1`` is fastest (XLA:CPU runs a network ~3× slower inside a loop),
+and the EMA decay is 0.995 instead of the paper's 0.999/0.9999, which would still weigh the
+random initialisation heavily after 1,500 steps.
 """
 
 import ml_collections
@@ -19,12 +22,12 @@ def get_config() -> ml_collections.ConfigDict:
     training.continuous = True
     training.reduce_mean = True
     training.likelihood_weighting = False
-    training.batch_size = 128
-    training.n_iters = 4000
-    training.n_jitted_steps = 5
-    training.log_freq = 250
+    training.batch_size = 64
+    training.n_iters = 1500
+    training.n_jitted_steps = 1
+    training.log_freq = 100
     training.eval_freq = 500
-    training.snapshot_freq = 4000
+    training.snapshot_freq = 1500
     training.snapshot_freq_for_preemption = 500
     training.snapshot_sampling = True
     training.max_to_keep = 2
@@ -52,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "DIGITS"
-    data.image_size = 16
+    data.image_size = 8
     data.resize = "bilinear"
     data.random_flip = False  # mirrored digits are not digits
     data.centered = True
@@ -63,19 +66,19 @@ def get_config() -> ml_collections.ConfigDict:
     model.name = "ncsnpp"
     model.sigma_min = 0.01
     model.sigma_max = 50.0
-    model.num_scales = 500
+    model.num_scales = 250
     model.beta_min = 0.1
     model.beta_max = 20.0
     model.dropout = 0.0
     model.embedding_type = "positional"
     model.scale_by_sigma = False
-    model.ema_rate = 0.999
+    model.ema_rate = 0.995
     model.normalization = "GroupNorm"
     model.nonlinearity = "swish"
-    model.nf = 32
+    model.nf = 16
     model.ch_mult = (1, 2, 2)
     model.num_res_blocks = 1
-    model.attn_resolutions = (8,)
+    model.attn_resolutions = (4,)
     model.resamp_with_conv = True
     model.conditional = True
     model.fir = True

@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.num_scales = 500
     model.beta_min = 0.1
     model.beta_max = 20.0
-    model.ema_rate = 0.999
+    model.ema_rate = 0.995
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0.0
