@@ -16,6 +16,7 @@ WORKDIR/process_<i>.log. Exits non-zero if any process fails.
   -d  simulated CPU devices per process (default 1)
   -p  coordinator port (default: a free port)
   -h  show this help
+The Python interpreter is \$PYTHON if set, else 'python' from PATH.
 Flags after '--' are passed to every process (e.g. --config=... --config.training.n_iters=10).
 USAGE
 }
@@ -39,14 +40,15 @@ if [ -z "$num_processes" ] || [ -z "$workdir" ]; then
   usage >&2
   exit 2
 fi
+python="${PYTHON:-python}"
 if [ -z "$port" ]; then
-  port="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 fi
 
 mkdir -p "$workdir"
 pids=()
 for ((i = 0; i < num_processes; i++)); do
-  JAX_NUM_CPU_DEVICES="$devices" python -m score_sde_jax.train \
+  JAX_NUM_CPU_DEVICES="$devices" "$python" -m score_sde_jax.train \
     --workdir="$workdir" \
     --coordinator_address="127.0.0.1:$port" \
     --num_processes="$num_processes" \

@@ -1,4 +1,5 @@
-"""Subprocess tests of the training system: two jax.distributed processes, SIGTERM and SIGKILL.
+"""Subprocess tests of the training system: two jax.distributed processes (launched by
+`launch/local_multiprocess.sh`), SIGTERM and SIGKILL.
 
 Every run trains the same tiny 2-D toy problem on 4 CPU devices in total; the reference is an
 uninterrupted single-process run in this pytest process (4 simulated devices, conftest).
@@ -7,7 +8,6 @@ uninterrupted single-process run in this pytest process (4 simulated devices, co
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -74,12 +74,6 @@ def _env(num_devices):
     return env
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _restore(workdir, config):
     template = jax.eval_shape(
         lambda: train_lib.create_train_state(
@@ -107,26 +101,20 @@ def reference(tmp_path_factory):
 
 
 def test_two_processes_train_the_same_run_as_one(reference, tmp_path):
-    port = _free_port()
-    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "score_sde_jax.train", f"--workdir={tmp_path}"]
-            + [f"--config={TOY_CONFIG}", *flags]
-            + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-            + [f"--process_id={i}"],
-            env=_env(2),
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
-    assert "Process 1/2, 2 local / 4 global devices" in outputs[1]
+    """Two jax.distributed processes with 2 CPU devices each, started by the local launcher."""
+    flags = [f"--config={TOY_CONFIG}", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "launch" / "local_multiprocess.sh")]
+        + ["-n", "2", "-d", "2", "-w", str(tmp_path), "--", *flags],
+        env={**_env(2), "PYTHON": sys.executable},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    logs = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
+    assert result.returncode == 0, result.stderr + logs[0][-3000:] + logs[1][-3000:]
+    assert "Process 1/2, 2 local / 4 global devices" in logs[1]
     assert os.path.exists(tmp_path / "stdout.txt") and os.path.exists(tmp_path / "stdout_1.txt")
     assert "step 40/40 (100.0%)" in (tmp_path / "stdout.txt").read_text()
     state, step = _restore(str(tmp_path), toy_config())
