@@ -77,6 +77,7 @@ from jax.sharding import PartitionSpec as P
 
 from score_sde_jax import (
     datasets,
+    distributed,
     input_pipeline,
     likelihood,
     losses,
@@ -386,7 +387,7 @@ class Evaluator:
         values = []
         for b, batch in enumerate(self._iterator(self.config, "eval", eval_seed(self.config))):
             key = eval_key(self.config, LOSS_STREAM, b)
-            loss = sample_lib.to_host(self._loss_fn(params, key, self._global(batch["image"])))
+            loss = distributed.to_host(self._loss_fn(params, key, self._global(batch["image"])))
             values.append(loss[_gather(batch["mask"])])
         return np.concatenate(values)
 
@@ -431,8 +432,8 @@ class Evaluator:
             key = eval_key(self.config, BPD_STREAM, repeat, b)
             value, _, nfe = fn(key, params, self._global(batch["image"]))
             mask = _gather(batch["mask"])
-            values.append(sample_lib.to_host(value)[mask])
-            nfes.append(sample_lib.to_host(nfe)[mask])
+            values.append(distributed.to_host(value)[mask])
+            nfes.append(distributed.to_host(nfe)[mask])
             logging.info(
                 "bpd pass %d, batch %d: mean %.5f over %d examples, mean NFE %.1f",
                 repeat,

@@ -25,7 +25,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import eval_lib, sample_lib
+from score_sde_jax import distributed, eval_lib, sample_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run folder (reads <workdir>/checkpoints).")
@@ -97,9 +97,7 @@ def apply_overrides(config):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    sample_lib.initialize_distributed(
-        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-    )
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
         config = apply_overrides(sample_lib.resolve_config(FLAGS.config, FLAGS.workdir))
     except (FileNotFoundError, ValueError) as error:

@@ -22,7 +22,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from score_sde_jax import sample_lib
+from score_sde_jax import distributed, sample_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run folder (checkpoints; default output place).")
@@ -73,9 +73,7 @@ flags.DEFINE_integer("process_id", None, "Index of this process (multi-process r
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    sample_lib.initialize_distributed(
-        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-    )
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     spec = sample_lib.SamplerSpec(
         name=FLAGS.sampler,
         num_steps=FLAGS.num_steps,

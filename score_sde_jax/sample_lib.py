@@ -41,7 +41,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -49,6 +48,7 @@ from score_sde_jax import (
     checkpointing,
     checkpoints,
     datasets,
+    distributed,
     fast_sampling,
     input_pipeline,
     models,
@@ -64,26 +64,6 @@ SAMPLERS = ("pc", "ode", "sde", "heun", "dpm2", "dpm3")
 CHECKPOINT_DIR = "checkpoints"
 # Key streams folded into each sample's key.
 _PRIOR_STREAM, _SAMPLER_STREAM = 0, 1
-
-
-def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
-    """Connects the processes of a multi-process run; a no-op for a single process.
-
-    Explicit arguments (all three or none) or a detected launcher (SLURM with several tasks,
-    Open MPI, a multi-host Cloud TPU) call `jax.distributed.initialize`, as ``train`` does.
-    """
-    given = (coordinator_address, num_processes, process_id)
-    if any(v is not None for v in given) and not all(v is not None for v in given):
-        raise ValueError("Pass all of --coordinator_address, --num_processes, --process_id.")
-    env = os.environ
-    if all(v is not None for v in given):
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif (
-        int(env.get("SLURM_NTASKS", "1")) > 1
-        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
-    ):
-        jax.distributed.initialize()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,13 +438,6 @@ def to_uint8(x) -> jax.Array:
     return jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
 
-def to_host(x) -> np.ndarray:
-    """A global array as one host NumPy array on every process."""
-    if x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 class Generator:
     """Generates samples by global index, sharded over a ``('data',)`` mesh.
 
@@ -515,7 +488,7 @@ class Generator:
             indices.shape, self._split, lambda index: indices[index]
         )
         x, nfe = self._run(global_indices, np.uint32(seed), params)
-        return to_host(x), to_host(nfe)
+        return distributed.to_host(x), distributed.to_host(nfe)
 
 
 def generate(

@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import train_lib
+from score_sde_jax import distributed, train_lib
 from score_sde_jax.configs import DEFAULT_CONFIG
 
 FLAGS = flags.FLAGS
@@ -29,33 +29,6 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "Index of this process (multi-process runs).")
 flags.mark_flags_as_required(["workdir"])
-
-_EXPLICIT = ("coordinator_address", "num_processes", "process_id")
-
-
-def _launcher_detected() -> bool:
-    """Whether a multi-process launcher that jax.distributed can read started this process."""
-    env = os.environ
-    return (
-        int(env.get("SLURM_NTASKS", "1")) > 1
-        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
-    )
-
-
-def initialize_distributed() -> None:
-    """Connects the processes of a multi-process run (no-op for a single process)."""
-    given = [name for name in _EXPLICIT if FLAGS[name].value is not None]
-    if given and len(given) != len(_EXPLICIT):
-        raise app.UsageError(f"Pass all of --{', --'.join(_EXPLICIT)} or none of them.")
-    if given:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
-    elif _launcher_detected():
-        jax.distributed.initialize()
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -70,7 +43,10 @@ class _QuietLibraries(std_logging.Filter):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    initialize_distributed()
+    try:
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
     os.makedirs(FLAGS.workdir, exist_ok=True)
     # Like the original, keep a copy of the log in the workdir (one file per process).
     suffix = "" if jax.process_index() == 0 else f"_{jax.process_index()}"

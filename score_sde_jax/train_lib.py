@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from score_sde_jax import (
     checkpointing,
+    distributed,
     input_pipeline,
     losses,
     models,
@@ -289,12 +290,6 @@ def _format_duration(seconds: float) -> str:
 def _next_batches(iterator, num: int) -> np.ndarray:
     """``num`` consecutive per-process batches stacked to [num, per_process_batch, ...]."""
     return np.stack([np.asarray(next(iterator)["image"], np.float32) for _ in range(num)])
-
-
-def _to_host(x) -> np.ndarray:
-    if x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _flat_hparams(config) -> dict:
@@ -591,7 +586,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
                         batch_sharding if num_snapshot % num_devices == 0 else replicated,
                     )
                 samples = sampler(jax.random.fold_in(sample_rng, step), state.ema_params)
-                samples = _to_host(samples)
+                samples = distributed.to_host(samples)
                 if is_main:
                     _write_snapshot(config, samples, step, workdir, writer)
             timer["side"] += time.time() - side_start
