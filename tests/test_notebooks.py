@@ -1,8 +1,10 @@
 """Executes the Colab demo notebooks in `notebooks/` top to bottom in small mode (issue 7).
 
-Each notebook checks its own results with `assert` cells (known pixels kept, gray channel kept,
-finite samples and bits/dim, encode/decode round trip), so a notebook that runs without an error
-has passed them.
+Each notebook checks its own results with `assert` cells (known pixels kept exactly, gray channel
+kept, finite samples, bits/dim finite and in a sane range, finite encode/decode round trip; its
+error is asserted only for a trained model at the paper's tolerance, as the untrained fixture's ODE
+is badly conditioned), so a notebook that runs without an error has passed them. Small mode takes
+about 30 s (inpainting) and 60 s (sampling) of CPU time, nearly all of it XLA compilation.
 """
 
 import pathlib
