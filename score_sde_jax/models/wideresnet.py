@@ -106,7 +106,7 @@ class WideResnetGroup(nn.Module):
 class WideResnet(nn.Module):
     """Noise-conditional WRN-(6·blocks_per_group + 4)-(channel_multiplier).
 
-    Called as ``apply({'params': p}, x, sigmas, train=False)`` with x [B, H, W, 3] (square) and
+    Called as ``apply({'params': p}, x, sigmas, train=False)`` with x [B, H, W, C] (square) and
     sigmas [B] the VE noise standard deviations (the module takes the log); returns logits
     [B, num_outputs]. ``train`` has no effect (no dropout, no batch statistics).
     """
@@ -153,15 +153,22 @@ def create_classifier(
     return WideResnet(blocks_per_group, channel_multiplier, num_outputs)
 
 
-def get_logit_fn(classifier: WideResnet):
-    """``logits_fn(params, x, sigmas)``: CIFAR-10 channel normalisation, then the classifier.
+def get_logit_fn(classifier: WideResnet, data_mean=CIFAR10_MEAN, data_std=CIFAR10_STD):
+    """``logits_fn(params, x, sigmas)``: channel normalisation, then the classifier.
 
     ``x`` is in the VE data space [0, 1] (noisy); ``sigmas`` [B] are the noise levels σ(t).
+    ``data_mean`` / ``data_std`` are per-channel statistics of the training data, by default
+    CIFAR-10's (facts §5.3); a classifier trained on other data passes its own.
     """
-    mean = jnp.asarray(CIFAR10_MEAN)
-    std = jnp.asarray(CIFAR10_STD)
+    mean = jnp.asarray(data_mean, jnp.float32)
+    std = jnp.asarray(data_std, jnp.float32)
 
     def logits_fn(params, x, sigmas):
+        if x.shape[-1] != mean.shape[-1]:
+            raise ValueError(
+                f"Images have {x.shape[-1]} channels but the normalisation statistics have "
+                f"{mean.shape[-1]}; pass data_mean / data_std of the classifier's training data."
+            )
         return classifier.apply({"params": params}, (x - mean) / std, sigmas, train=False)
 
     return logits_fn
@@ -183,7 +190,13 @@ def get_classifier_grad_fn(logits_fn):
     return grad_fn
 
 
-def get_classifier_fn(classifier: WideResnet, sde, centered: bool = False):
+def get_classifier_fn(
+    classifier: WideResnet,
+    sde,
+    centered: bool = False,
+    data_mean=CIFAR10_MEAN,
+    data_std=CIFAR10_STD,
+):
     """``classifier_fn(params, x, t) -> logits`` for `score_sde_jax.controllable`, for any SDE.
 
     The classifier was trained on VE-perturbed images y + σ z with y ∈ [0, 1]. A sample
@@ -197,8 +210,9 @@ def get_classifier_fn(classifier: WideResnet, sde, centered: bool = False):
       classifier: the `WideResnet` module.
       sde: the score model's SDE (anything with ``marginal_prob(x, t) -> (mean, std)``).
       centered: whether the score model's data live in [-1, 1] (``config.data.centered``).
+      data_mean, data_std: the classifier's channel statistics, as in `get_logit_fn`.
     """
-    logits_fn = get_logit_fn(classifier)
+    logits_fn = get_logit_fn(classifier, data_mean, data_std)
 
     def classifier_fn(params, x, t):
         mean_coeff = sde.marginal_prob(jnp.ones((x.shape[0], 1)), t)[0][:, 0]

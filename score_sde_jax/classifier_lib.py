@@ -1,0 +1,604 @@
+"""Training of the noise-conditional classifier p_φ(y | x, σ) (paper App. I.1, facts §5.3).
+
+The classifier (`score_sde_jax.models.wideresnet.WideResnet`) guides class-conditional sampling
+through ∇_x log p_φ(y | x, σ) (`score_sde_jax.controllable.get_pc_conditional_sampler`). It is
+trained on VE-perturbed images: x = y + σ z with y ∈ [0, 1] the clean image, z ~ N(0, I) and
+log σ ~ U[log σ_min, log σ_max] per example — exactly the noise levels σ(t) = σ_min (σ_max /
+σ_min)^t that the VE SDE reaches at t ~ U[0, 1] — with the cross-entropy of the logits against
+the image's label as the loss (the paper's "mixture of cross-entropy losses over time steps").
+`wideresnet.get_classifier_fn` maps the samples of any linear SDE to this input space.
+
+`train_and_evaluate(config, workdir)` mirrors `score_sde_jax.train_lib.train_and_evaluate` and
+reuses its pieces: the ``("data",)`` mesh, the optimizer and learning-rate schedule
+(``config.optim``), the `TrainState` (with EMA), orbax checkpoints with preemption-safe resume
+and clu metric writers. Config keys specific to the classifier live in ``config.classifier``:
+
+* ``blocks_per_group``, ``channel_multiplier``, ``num_classes``: the WRN-(6·blocks + 4)-(mult);
+* ``sigma_min``, ``sigma_max``: the training noise range (VE σ);
+* ``data_mean``, ``data_std``: per-channel statistics of the images y (`get_logit_fn`);
+* ``ema_rate``: EMA decay of the parameters used for evaluation and sampling;
+* ``num_eval_bands``: the held-out accuracy is reported in this many equal-width bands of log σ.
+"""
+
+import functools
+import math
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, parameter_overview
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from score_sde_jax import checkpointing, datasets, input_pipeline, train_lib, utils
+from score_sde_jax.models import wideresnet
+
+# Datasets whose images carry class labels, and how many classes they have.
+_NUM_CLASSES = {"CIFAR10": 10, "SVHN": 10, "DIGITS": 10}
+
+
+# ----------------------------------------------------------------------------------------------
+# Network and config.
+# ----------------------------------------------------------------------------------------------
+
+
+def create_classifier(config) -> wideresnet.WideResnet:
+    """The `WideResnet` of ``config.classifier`` (blocks_per_group, channel_multiplier, classes)."""
+    c = config.classifier
+    return wideresnet.create_classifier(c.blocks_per_group, c.channel_multiplier, c.num_classes)
+
+
+def get_logit_fn(config, classifier):
+    """``logits_fn(params, y, sigmas)`` with the channel statistics of ``config.classifier``."""
+    c = config.classifier
+    return wideresnet.get_logit_fn(classifier, tuple(c.data_mean), tuple(c.data_std))
+
+
+def get_classifier_fn(config, classifier, sde, centered: bool):
+    """``classifier_fn(params, x, t)`` for guided sampling of a score model with SDE ``sde``.
+
+    Args:
+      config: the classifier's config (for its channel statistics).
+      classifier: from `create_classifier`.
+      sde: the score model's SDE.
+      centered: whether the score model's data are centered (its ``config.data.centered``).
+    """
+    c = config.classifier
+    return wideresnet.get_classifier_fn(
+        classifier, sde, centered, tuple(c.data_mean), tuple(c.data_std)
+    )
+
+
+def dataset_num_classes(config) -> int:
+    """Number of classes of ``config.data.dataset``.
+
+    Raises:
+      ValueError: unknown dataset, or one without class labels (the message names those with).
+      FileNotFoundError: a ``FOLDER`` dataset whose folder does not exist.
+    """
+    name = datasets.canonical_name(config.data.dataset)
+    if name in _NUM_CLASSES:
+        return _NUM_CLASSES[name]
+    if name == "FOLDER":
+        classes = {}  # data.path / data.eval_path -> class subdirectory names
+        for key in ("path", "eval_path"):
+            root = config.data.get(key, None)
+            if root:
+                files, labels = datasets.list_images(root)
+                root = pathlib.Path(root).expanduser()
+                # All labels 0: the images are not all in subdirectories, or in a single one.
+                names = {f.relative_to(root).parts[0] for f in files} if labels.any() else ()
+                classes[key] = sorted(names)
+        if not classes or any(len(names) < 2 for names in classes.values()):
+            raise ValueError(
+                "A FOLDER dataset for the classifier needs data.path (and optionally "
+                "data.eval_path) holding one subdirectory of images per class, at least two."
+            )
+        if len(set(map(tuple, classes.values()))) > 1:
+            raise ValueError(
+                f"data.path has the classes {classes['path']} but data.eval_path has "
+                f"{classes['eval_path']}; both must hold the same class subdirectories."
+            )
+        return len(classes["path"])
+    raise ValueError(
+        f"data.dataset={config.data.dataset!r} has no class labels to train a classifier on; "
+        f"use one of {', '.join(_NUM_CLASSES)} or FOLDER (one subdirectory per class)."
+    )
+
+
+def validate_config(config, num_devices: int, num_processes: int) -> None:
+    """Raises ValueError for settings the classifier loop cannot run.
+
+    On top of `train_lib.validate_config` (batch sizes, step frequencies, Adam): the dataset has
+    ``classifier.num_classes`` classes, 0 < σ_min < σ_max, channel statistics match the images,
+    the image size is a multiple of 4 (the WRN halves it twice) and there is no gradient
+    accumulation (not implemented here).
+    """
+    if "classifier" not in config:
+        raise ValueError(
+            "The config has no 'classifier' section: it is not a classifier config. Use "
+            "score_sde_jax/configs/classifier_digits.py or configs/classifier/*.py."
+        )
+    train_lib.validate_config(config, num_devices, num_processes)
+    c = config.classifier
+    if config.training.get("grad_accum_steps", 1) != 1:
+        raise ValueError("training.grad_accum_steps must be 1 for the classifier.")
+    num_classes = dataset_num_classes(config)
+    if c.num_classes != num_classes:
+        raise ValueError(
+            f"classifier.num_classes={c.num_classes} but data.dataset={config.data.dataset!r} "
+            f"has {num_classes} classes; set --config.classifier.num_classes={num_classes}."
+        )
+    if not 0 < c.sigma_min < c.sigma_max:
+        raise ValueError(
+            f"Need 0 < classifier.sigma_min < classifier.sigma_max, got {c.sigma_min} and "
+            f"{c.sigma_max}."
+        )
+    if c.num_eval_bands < 1:
+        raise ValueError(f"classifier.num_eval_bands={c.num_eval_bands} must be >= 1.")
+    channels = config.data.num_channels
+    if len(c.data_mean) != channels or len(c.data_std) != channels or min(c.data_std) <= 0:
+        raise ValueError(
+            f"classifier.data_mean / data_std must hold {channels} values (one per channel of "
+            f"data.num_channels), the std ones positive; got {c.data_mean} / {c.data_std}."
+        )
+    if config.data.image_size % 4:
+        raise ValueError(
+            f"data.image_size={config.data.image_size} must be a multiple of 4 (the WRN "
+            "downsamples twice by 2)."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss, steps and evaluation.
+# ----------------------------------------------------------------------------------------------
+
+
+def perturb(rng, y, sigma_min: float, sigma_max: float):
+    """VE perturbation x = y + σ z with log σ ~ U[log σ_min, log σ_max] per example.
+
+    The keys are ``sigma_rng, z_rng = jax.random.split(rng)``: σ from the first, z from the
+    second.
+
+    Returns:
+      ``(x, sigmas)``: x of y's shape [B, ...], sigmas [B].
+    """
+    sigma_rng, z_rng = jax.random.split(rng)
+    log_sigma = jax.random.uniform(
+        sigma_rng, (y.shape[0],), minval=jnp.log(sigma_min), maxval=jnp.log(sigma_max)
+    )
+    sigmas = jnp.exp(log_sigma)
+    z = jax.random.normal(z_rng, y.shape, y.dtype)
+    return y + sigmas.reshape((-1,) + (1,) * (y.ndim - 1)) * z, sigmas
+
+
+def get_loss_fn(logits_fn, sigma_min: float, sigma_max: float, inverse_scaler=lambda x: x):
+    """``loss_fn(params, rng, images, labels) -> (loss, accuracy)`` (paper App. I.1).
+
+    loss = mean_b −log softmax(logits_fn(params, y_b + σ_b z_b, σ_b))[label_b] with
+    y = inverse_scaler(images) ∈ [0, 1] and (σ, z) from `perturb` (log-uniform σ).
+
+    Args:
+      logits_fn: ``logits_fn(params, x, sigmas)``, e.g. from `get_logit_fn`.
+      sigma_min, sigma_max: the range of σ.
+      inverse_scaler: maps the input pipeline's images to [0, 1] (undoes centering).
+    """
+
+    def loss_fn(params, rng, images, labels):
+        x, sigmas = perturb(rng, inverse_scaler(images), sigma_min, sigma_max)
+        logits = logits_fn(params, x, sigmas)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+        return loss, accuracy
+
+    return loss_fn
+
+
+def compile_without_optimizations(fn, *args, **jit_kwargs):
+    """``jax.jit(fn, **jit_kwargs)`` compiled for ``args`` without XLA's backend optimisations.
+
+    For functions that run once, such as initialisation: optimising the WRN's truncated-normal
+    initialisers makes XLA:CPU compile them about ten times longer than a whole training step.
+    """
+    lowered = jax.jit(fn, **jit_kwargs).lower(*args)
+    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+
+
+def init_params(classifier, rng, image_shape):
+    """Initial parameters of ``classifier`` for images of ``image_shape`` (H, W, C)."""
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    return classifier.init(rng, x, jnp.ones((1,), jnp.float32))["params"]
+
+
+def create_train_state(config, classifier, rng, optimizer) -> train_lib.TrainState:
+    """Initial parameters (EMA = a copy of them) and optimizer state of ``classifier``."""
+    params = init_params(classifier, rng, input_pipeline.image_shape(config))
+    return train_lib.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=optimizer.init(params),
+    )
+
+
+def train_step(state, batch, rng, *, loss_fn, optimizer, learning_rate_fn, ema_rate):
+    """One optimizer update on ``batch = {"image", "label"}`` (updates as in `train_lib`).
+
+    Returns:
+      The new state and ``{"loss", "accuracy", "grad_norm", "learning_rate"}``.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, accuracy), grads = grad_fn(state.params, rng, batch["image"], batch["label"])
+    lr = learning_rate_fn(state.step)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
+    ema_params = jax.tree.map(
+        lambda e, p: e * ema_rate + p * (1.0 - ema_rate), state.ema_params, params
+    )
+    new_state = state.replace(
+        step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
+    )
+    metrics = {
+        "loss": loss,
+        "accuracy": accuracy,
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": lr,
+    }
+    return new_state, metrics
+
+
+def train_steps(state, batches, rng, **step_kwargs):
+    """`train_step` over the leading axis of ``batches``, update k with key fold_in(rng, k)."""
+
+    def body(state, batch):
+        return train_step(state, batch, jax.random.fold_in(rng, state.step), **step_kwargs)
+
+    return jax.lax.scan(body, state, batches)
+
+
+def band_edges(sigma_min: float, sigma_max: float, num_bands: int) -> tuple[float, ...]:
+    """``num_bands + 1`` edges splitting [σ_min, σ_max] into bands of equal width in log σ."""
+    return tuple(float(s) for s in np.geomspace(sigma_min, sigma_max, num_bands + 1))
+
+
+def get_eval_fn(logits_fn, edges, inverse_scaler=lambda x: x):
+    """``eval_fn(params, rng, images, labels, mask)``: per-band sums over the unmasked examples.
+
+    Band k perturbs every example with σ log-uniform in [edges[k], edges[k + 1]] (key
+    fold_in(rng, k), see `perturb`); so the mean over bands estimates the training objective.
+
+    Returns:
+      ``{"correct": [K], "loss": [K], "count": []}``: correct predictions and summed
+      cross-entropies per band, and the number of unmasked examples.
+    """
+
+    lows, highs = jnp.asarray(edges[:-1], jnp.float32), jnp.asarray(edges[1:], jnp.float32)
+
+    def eval_fn(params, rng, images, labels, mask):
+        y = inverse_scaler(images)
+        weights = mask.astype(jnp.float32)
+
+        def band(inputs):  # lax.map: the network is compiled once for all bands
+            k, lo, hi = inputs
+            x, sigmas = perturb(jax.random.fold_in(rng, k), y, lo, hi)
+            logits = logits_fn(params, x, sigmas)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            correct = jnp.argmax(logits, axis=-1) == labels
+            return jnp.sum(weights * correct), jnp.sum(weights * ce)
+
+        correct, loss = jax.lax.map(band, (jnp.arange(len(lows)), lows, highs))
+        return {"correct": correct, "loss": loss, "count": weights.sum()}
+
+    return eval_fn
+
+
+def band_name(lo: float, hi: float) -> str:
+    """The metric suffix of a noise band, e.g. ``sigma_0.0362-0.263`` (3 significant digits)."""
+
+    def fmt(x):
+        return np.format_float_positional(x, precision=3, fractional=False, trim="-")
+
+    return f"sigma_{fmt(lo)}-{fmt(hi)}"
+
+
+def create_evaluator(config, mesh, data_dir: str | None = None):
+    """``evaluate(params, rng) -> metrics``: one pass over the held-out split, every σ band.
+
+    Every call sees the same examples and, for the same ``rng``, the same noise, so successive
+    evaluations of a run differ only through the parameters. Metrics (floats):
+    ``eval_loss`` and ``eval_accuracy`` (means over the bands) and, per band,
+    ``eval_loss/<band>`` and ``eval_accuracy/<band>`` (see `band_name`).
+    """
+    c = config.classifier
+    classifier = create_classifier(config)
+    edges = band_edges(c.sigma_min, c.sigma_max, c.num_eval_bands)
+    eval_fn = get_eval_fn(
+        get_logit_fn(config, classifier), edges, utils.get_data_inverse_scaler(config)
+    )
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+    p_eval = jax.jit(
+        eval_fn,
+        in_shardings=(replicated, replicated) + (batch_sharding,) * 3,
+        out_shardings=replicated,
+    )
+    _, eval_iter = input_pipeline.create_datasets(
+        config,
+        seed=config.seed,
+        data_dir=data_dir or config.data.get("data_dir", None),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        evaluation=True,
+    )
+    start = eval_iter.get_state()
+
+    def evaluate(params, rng):
+        eval_iter.set_state(start)
+        totals = None
+        for i, batch in enumerate(eval_iter):
+            arrays = [
+                jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch[k], dtype))
+                for k, dtype in (("image", np.float32), ("label", np.int32), ("mask", bool))
+            ]
+            sums = jax.device_get(p_eval(params, jax.random.fold_in(rng, i), *arrays))
+            totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+        count = max(float(totals["count"]), 1.0)
+        accuracy, loss = totals["correct"] / count, totals["loss"] / count
+        metrics = {"eval_loss": float(loss.mean()), "eval_accuracy": float(accuracy.mean())}
+        for k in range(len(edges) - 1):
+            name = band_name(edges[k], edges[k + 1])
+            metrics[f"eval_loss/{name}"] = float(loss[k])
+            metrics[f"eval_accuracy/{name}"] = float(accuracy[k])
+        return metrics
+
+    return evaluate
+
+
+def restore_params(config, workdir: str):
+    """The EMA parameters of the newest checkpoint in ``<workdir>/checkpoints`` and its step.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint.
+      RuntimeError: none of the checkpoints fits ``config``'s network.
+    """
+    directory = os.path.join(os.fspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"No classifier checkpoints in {directory}; train one first.")
+    classifier = create_classifier(config)
+    optimizer = train_lib.create_optimizer(config)
+    rng = np.asarray(jax.random.PRNGKey(0))
+    abstract = jax.eval_shape(
+        functools.partial(create_train_state, config, classifier, optimizer=optimizer), rng
+    )
+    ckpt = checkpointing.CheckpointManager(directory)
+    try:
+        restored = ckpt.restore_latest(abstract, rng)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"No classifier checkpoints in {directory}; train one first.")
+    state, _, step = restored
+    return state.ema_params, step
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver.
+# ----------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = None):
+    """Trains (or resumes training of) the classifier of ``config`` in ``workdir``.
+
+    Writes ``checkpoints/`` (orbax; every ``training.snapshot_freq`` and
+    ``snapshot_freq_for_preemption`` steps and at the end) and ``tensorboard/`` (train loss and
+    accuracy every ``log_freq`` steps; held-out loss and accuracy per σ band every ``eval_freq``
+    steps and at the end). A re-run with the same workdir resumes from the newest readable
+    checkpoint; SIGTERM saves a checkpoint and returns early.
+
+    Args:
+      config: the classifier config (see the module docstring).
+      workdir: output folder (created if needed).
+      mesh: a 1-D ``("data",)`` mesh; default `train_lib.create_mesh()` over all devices.
+
+    Returns:
+      The final `train_lib.TrainState` (replicated over ``mesh``); ``ema_params`` are the
+      classifier's parameters for sampling.
+
+    Raises:
+      ValueError: bad config (see `validate_config`) or labels outside [0, num_classes).
+      train_lib.NonFiniteLossError: the training loss became NaN/inf.
+    """
+    t, c = config.training, config.classifier
+    mesh = train_lib.create_mesh() if mesh is None else mesh
+    validate_config(config, mesh.devices.size, jax.process_count())
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+
+    replicated = NamedSharding(mesh, P())
+    batches_sharding = NamedSharding(mesh, P(None, "data"))  # [n_jitted_steps, B, ...]
+    shape = input_pipeline.image_shape(config)
+    n_jitted = t.n_jitted_steps
+    total_steps = math.ceil(t.n_iters / n_jitted) * n_jitted
+    writer = metric_writers.create_default_writer(
+        os.path.join(workdir, "tensorboard"), just_logging=not is_main
+    )
+    data_dir = config.data.get("data_dir", None)
+    train_iter, _ = input_pipeline.create_datasets(
+        config,
+        seed=config.seed,
+        data_dir=data_dir,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    evaluate = create_evaluator(config, mesh, data_dir)
+
+    classifier = create_classifier(config)
+    loss_fn = get_loss_fn(
+        get_logit_fn(config, classifier),
+        c.sigma_min,
+        c.sigma_max,
+        utils.get_data_inverse_scaler(config),
+    )
+    optimizer = train_lib.create_optimizer(config)
+    rng = np.asarray(jax.random.PRNGKey(config.seed))
+    init_rng = jax.random.fold_in(rng, 0)
+    state = compile_without_optimizations(
+        functools.partial(create_train_state, config, classifier, optimizer=optimizer),
+        init_rng,
+        out_shardings=replicated,
+    )(init_rng)
+
+    ckpt = checkpointing.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=t.get("max_to_keep", 2),
+        keep_period=t.snapshot_freq,
+    )
+    iterators = {checkpointing.TRAIN_ITER: train_iter}
+    restored = ckpt.restore_latest(state, rng, iterators=iterators)
+    if restored is None:
+        initial_step = 0
+        if is_main:
+            parameter_overview.log_parameter_overview(state.params, include_stats=False)
+        writer.write_hparams(train_lib._flat_hparams(config))
+    else:
+        state, rng, initial_step = restored
+        rng = np.asarray(jax.device_get(rng))
+        logging.info("Resumed from checkpoint %d in %s.", initial_step, ckpt.directory)
+    train_rng, eval_rng = jax.random.fold_in(rng, 1), jax.random.fold_in(rng, 2)
+
+    p_train_steps = jax.jit(
+        functools.partial(
+            train_steps,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
+            learning_rate_fn=train_lib.create_learning_rate_fn(config),
+            ema_rate=c.ema_rate,
+        ),
+        in_shardings=(replicated, batches_sharding, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+    def global_batches():
+        local = [next(train_iter) for _ in range(n_jitted)]
+        labels = np.stack([b["label"] for b in local]).astype(np.int32)
+        if labels.min() < 0 or labels.max() >= c.num_classes:
+            raise ValueError(
+                f"The data hold label {labels.max()} (or {labels.min()}), outside "
+                f"[0, classifier.num_classes={c.num_classes})."
+            )
+        images = np.stack([b["image"] for b in local]).astype(np.float32)
+        make = jax.make_array_from_process_local_data
+        return {
+            "image": make(batches_sharding, images, (n_jitted, t.batch_size, *shape)),
+            "label": make(batches_sharding, labels, (n_jitted, t.batch_size)),
+        }
+
+    saved = {"step": initial_step if restored is not None else None}
+
+    def save(step, wait=False):
+        if saved["step"] != step:
+            ckpt.save(step, state, rng, iterators=iterators, config=config)
+            saved["step"] = step
+        if wait:
+            ckpt.wait_until_finished()
+
+    pending = []  # (first step, device metrics) of dispatches not yet read back
+    window = []  # host metrics since the last log line
+    timer = {"start": time.time(), "side": 0.0, "steps": 0}
+
+    def drain(keep: int):
+        while len(pending) > keep:
+            first, metrics = pending.pop(0)
+            metrics = jax.device_get(metrics)
+            bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
+            if bad.size:
+                message = (
+                    f"Non-finite training loss at step {first + int(bad[0])}; training stopped. "
+                    f"Checkpoints on disk: {ckpt.all_steps()} (all finite)."
+                )
+                logging.error(message)
+                raise train_lib.NonFiniteLossError(message)
+            window.append(metrics)
+
+    def log_train(step):
+        scalars = {
+            f"train_{k}": float(np.mean(np.concatenate([m[k] for m in window])))
+            for k in ("loss", "accuracy", "grad_norm")
+        }
+        scalars["learning_rate"] = float(window[-1]["learning_rate"][-1])
+        elapsed = time.time() - timer["start"] - timer["side"]
+        scalars["steps_per_sec"] = timer["steps"] / max(elapsed, 1e-9)
+        writer.write_scalars(step, scalars)
+        logging.info(
+            "step %d/%d | loss %.4g | accuracy %.3f | lr %.3g | grad_norm %.3g | %.2f steps/s",
+            step,
+            total_steps,
+            scalars["train_loss"],
+            scalars["train_accuracy"],
+            scalars["learning_rate"],
+            scalars["train_grad_norm"],
+            scalars["steps_per_sec"],
+        )
+        window.clear()
+        timer.update(start=time.time(), side=0.0, steps=0)
+
+    def run_eval(step):
+        metrics = evaluate(state.ema_params, eval_rng)
+        writer.write_scalars(step, metrics)
+        bands = ", ".join(
+            f"{k.split('/')[1]}: {v:.3f}" for k, v in metrics.items() if "accuracy/" in k
+        )
+        logging.info(
+            "eval at step %d | loss %.4g | accuracy %.3f | per band %s",
+            step,
+            metrics["eval_loss"],
+            metrics["eval_accuracy"],
+            bands,
+        )
+
+    preemption = train_lib._PreemptionWatcher()
+    step = initial_step
+    try:
+        if step >= total_steps:
+            logging.info("Training already finished at step %d (%s).", step, ckpt.directory)
+        while step < total_steps:
+            if preemption.reached():
+                drain(0)
+                save(step, wait=True)
+                logging.warning("Preempted: saved checkpoint %d; rerun to resume.", step)
+                return state
+            state, metrics = p_train_steps(state, global_batches(), train_rng)
+            pending.append((step, metrics))
+            step += n_jitted
+            timer["steps"] += n_jitted
+            drain(1)  # read the previous dispatch's metrics while this one runs
+
+            is_last = step == total_steps
+            is_log = step % t.log_freq == 0 or step == initial_step + n_jitted or is_last
+            is_eval = step % t.eval_freq == 0 or is_last
+            is_checkpoint = (
+                step % t.snapshot_freq == 0 or step % t.snapshot_freq_for_preemption == 0 or is_last
+            )
+            if not (is_log or is_eval or is_checkpoint):
+                continue
+            drain(0)
+            if is_log:
+                log_train(step)
+            side_start = time.time()
+            if is_eval:
+                run_eval(step)
+            if is_checkpoint:
+                save(step)
+            timer["side"] += time.time() - side_start
+    finally:
+        preemption.close()
+        ckpt.wait_until_finished()
+        ckpt.close()
+        writer.flush()
+    return state
