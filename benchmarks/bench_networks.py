@@ -9,16 +9,18 @@ Cases (configs built inline from the facts sheet, Tables 7.3.A–C):
 The train step is ``jax.jit`` of value_and_grad of a mean-square loss of the network output
 (train mode, dropout on) plus an optax Adam update. Compile time (lower + compile) is reported
 separately from the steady-state time (median of ``--repeats`` runs after one warm-up run), each
-as wall and process-CPU seconds.
+as wall and process-CPU seconds. Each also reports XLA's FLOP count, the achieved TFLOP/s, the
+model FLOP utilisation against the device's peak where known (`common.throughput`) and XLA's
+peak memory (`common.compiled_memory`).
 
-Usage: python benchmarks/bench_networks.py [--repeats 3] [--cases a,b]
+Usage: python benchmarks/bench_networks.py [--repeats 3] [--cases a,b] [--dtype bfloat16]
+[--remat] [--batch N] [--out FILE]
 (XLA uses every core; restrict with ``taskset -c 0,1``.)
 """
 
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,7 +31,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_sde_jax.models import get_model
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+from score_sde_jax.models import get_model  # noqa: E402
 
 
 def _parse_args():
@@ -43,6 +48,11 @@ def _parse_args():
         help="network compute dtype (config.model.dtype); bfloat16 is fast on CPUs with AMX when "
         "XLA_FLAGS=--xla_cpu_experimental_onednn_custom_call=true",
     )
+    parser.add_argument(
+        "--remat", action="store_true", help="recompute block activations (config.model.remat)"
+    )
+    parser.add_argument("--out", default=None, help="also write the JSON to this file")
+    parser.add_argument("--batch", type=int, default=None, help="batch of the CIFAR-10 cases")
     parser.add_argument(
         "--dropout-prng",
         default="threefry2x32",
@@ -163,11 +173,13 @@ def bench_case(config, batch_size, label_fn, repeats, dropout_prng):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    dtype = str(jnp.dtype(model.dtype))
     result = {
         "batch_size": batch_size,
         "image_size": size,
         "num_params": int(num_params),
-        "dtype": str(jnp.dtype(model.dtype)),
+        "dtype": dtype,
+        "remat": bool(model.remat),
     }
     forward_c, result["forward_compile"] = _compile(forward, params, x, labels)
     result["forward"] = _timed(lambda: forward_c(params, x, labels).block_until_ready(), repeats)
@@ -177,6 +189,11 @@ def bench_case(config, batch_size, label_fn, repeats, dropout_prng):
     result["train_step"] = _timed(
         lambda: jax.block_until_ready(step_c(params, opt_state, x, labels, key_drop)), repeats
     )
+    for name, compiled in (("forward", forward_c), ("train_step", step_c)):
+        timing = result[name]
+        timing["examples_per_sec"] = round(batch_size / timing["wall_s"], 2)
+        timing.update(common.throughput(common.compiled_flops(compiled), timing["wall_s"], dtype))
+        timing["memory"] = common.compiled_memory(compiled)
     return result
 
 
@@ -189,12 +206,8 @@ def main():
         raise ValueError(f"Unknown case(s) {unknown}; valid: {sorted(cases)}.")
     report = {
         "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
+            **common.machine_info(),
             "load_avg_before": os.getloadavg(),
-            "jax": jax.__version__,
-            "backend": jax.default_backend(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "python": sys.version.split()[0],
         },
         "repeats": args.repeats,
@@ -203,13 +216,20 @@ def main():
     }
     for name in selected:
         config, batch_size, label_fn = cases[name]
+        if args.batch and name.endswith("cifar10"):
+            batch_size = args.batch
         config.model.dtype = args.dtype
+        config.model.remat = args.remat
         report["results"][name] = bench_case(
             config, batch_size, label_fn, args.repeats, args.dropout_prng
         )
         print(f"# {name} done", file=sys.stderr, flush=True)
     report["machine"]["load_avg_after"] = os.getloadavg()
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
 
 
 if __name__ == "__main__":

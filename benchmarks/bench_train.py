@@ -1,19 +1,24 @@
 """Training throughput of the jitted train step (`train_lib.train_steps`) on this machine.
 
-    python benchmarks/bench_train.py [--cases digits,cifar10_ncsnpp] [--dispatches 3] [--out F]
+    python benchmarks/bench_train.py [--cases digits,cifar10_ncsnpp,cifar10_ddpmpp]
+        [--dispatches 3] [--cifar_batch 8] [--dtype bfloat16] [--remat] [--grad_accum 2]
+        [--out F]
 
-Cases: ``digits`` (the offline default config as shipped) and ``cifar10_ncsnpp``
-(``configs/ve/cifar10_ncsnpp_continuous.py``, the paper's 62M-parameter NCSN++, with batch 8).
-Each case compiles the step once, runs ``--dispatches`` dispatches of ``n_jitted_steps`` updates on
-synthetic batches of the config's shape over all local devices, and reports compile time,
-steps/s, examples/s and the process CPU time per step, as JSON on stdout.
+Cases: ``digits`` (the offline default config as shipped), ``cifar10_ncsnpp``
+(``configs/ve/cifar10_ncsnpp_continuous.py``, the paper's 62M-parameter NCSN++) and
+``cifar10_ddpmpp`` (``configs/vp/cifar10_ddpmpp_continuous.py``), the CIFAR-10 ones with global
+batch ``--cifar_batch``. Each case compiles the step once (reported separately), runs one
+warm-up and ``--dispatches`` timed dispatches of ``n_jitted_steps`` updates on synthetic batches
+of the config's shape over all local devices, and reports steps/s, examples/s, the process CPU
+time per step, XLA's FLOPs per step with the achieved TFLOP/s and model FLOP utilisation
+(`common.throughput`), and peak memory (compile-time and, on GPU/TPU, the allocator's), as JSON
+on stdout. Parameters are random normal (σ = 0.05): timings do not depend on their values, and
+jit-compiling the initialiser alone takes minutes on XLA:CPU.
 """
 
 import argparse
-import functools
 import json
 import os
-import platform
 import sys
 import time
 
@@ -25,23 +30,39 @@ from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import common  # noqa: E402
 from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
+from configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
 from score_sde_jax import input_pipeline, losses, models, sde_lib, train_lib  # noqa: E402
 from score_sde_jax.configs import digits  # noqa: E402
 
+CASES = {
+    "digits": digits.get_config,
+    "cifar10_ncsnpp": cifar10_ncsnpp_continuous.get_config,
+    "cifar10_ddpmpp": cifar10_ddpmpp_continuous.get_config,
+}
 
-def _cifar10_ncsnpp():
-    config = cifar10_ncsnpp_continuous.get_config()
-    config.training.batch_size = 8
-    return config
 
-
-CASES = {"digits": digits.get_config, "cifar10_ncsnpp": _cifar10_ncsnpp}
+def random_train_state(config, model, optimizer) -> train_lib.TrainState:
+    """A `train_lib.TrainState` with random normal parameters of the model's shapes."""
+    x = jnp.zeros((1, *input_pipeline.image_shape(config)), jnp.float32)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, jnp.ones((1,)))["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), shapes
+    )
+    return train_lib.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=jax.jit(optimizer.init)(params),
+    )
 
 
 def bench(config, dispatches: int) -> dict:
     """Times `train_lib.train_steps` for ``config`` on synthetic data; returns a result dict."""
     t = config.training
+    grad_accum = t.get("grad_accum_steps", 1)
     mesh = train_lib.create_mesh(jax.local_devices())
     replicated = NamedSharding(mesh, P())
     batches = NamedSharding(mesh, P(None, "data"))
@@ -56,19 +77,18 @@ def bench(config, dispatches: int) -> dict:
         likelihood_weighting=t.likelihood_weighting,
         train=True,
     )
-    state = jax.jit(
-        functools.partial(train_lib.create_train_state, config, model, optimizer=optimizer),
-        out_shardings=replicated,
-    )(jax.random.PRNGKey(0))
+    state = jax.device_put(random_train_state(config, model, optimizer), replicated)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     step_fn = jax.jit(
-        functools.partial(
-            train_lib.train_steps,
+        lambda state, batch, rng: train_lib.train_steps(
+            state,
+            batch,
+            rng,
             loss_fn=loss_fn,
             optimizer=optimizer,
             learning_rate_fn=train_lib.create_learning_rate_fn(config),
             ema_rate=config.model.ema_rate,
-            grad_accum_steps=t.grad_accum_steps,
+            grad_accum_steps=grad_accum,
         ),
         in_shardings=(replicated, batches, replicated),
         out_shardings=(replicated, replicated),
@@ -80,27 +100,38 @@ def bench(config, dispatches: int) -> dict:
     rng = jax.random.PRNGKey(1)
 
     wall, cpu = time.perf_counter(), time.process_time()
-    state, metrics = step_fn(state, batch, rng)
-    jax.block_until_ready((state, metrics))
+    compiled = step_fn.lower(state, batch, rng).compile()
     compile_wall, compile_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    state, metrics = compiled(state, batch, rng)  # warm-up
+    jax.block_until_ready((state, metrics))
 
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(dispatches):
-        state, metrics = step_fn(state, batch, rng)
+        state, metrics = compiled(state, batch, rng)
     jax.block_until_ready((state, metrics))
     steps = dispatches * t.n_jitted_steps
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    # XLA counts a scan body once: the FLOPs of one update (of one micro-batch when accumulating).
+    flops = common.compiled_flops(compiled)
+    flops = None if flops is None else flops * grad_accum
+    dtype = str(jnp.dtype(model.dtype)) if hasattr(model, "dtype") else "float32"
     return {
         "num_params": int(num_params),
         "batch_size": t.batch_size,
         "n_jitted_steps": t.n_jitted_steps,
+        "grad_accum_steps": grad_accum,
+        "dtype": dtype,
+        "remat": bool(getattr(model, "remat", False)),
         "image_shape": list(shape[2:]),
-        "first_dispatch_s": round(compile_wall, 2),
-        "first_dispatch_cpu_s": round(compile_cpu, 2),
+        "compile_s": round(compile_wall, 2),
+        "compile_cpu_s": round(compile_cpu, 2),
         "steps_timed": steps,
         "steps_per_sec": round(steps / wall, 4),
         "examples_per_sec": round(steps * t.batch_size / wall, 2),
         "cpu_s_per_step": round(cpu / steps, 4),
+        **common.throughput(flops, wall / steps, dtype),
+        "memory": common.compiled_memory(compiled),
+        "runtime_peak_bytes": common.runtime_peak_bytes(),
         "final_loss": float(np.asarray(metrics["loss"])[-1]),
     }
 
@@ -109,22 +140,26 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--dispatches", type=int, default=3, help="timed dispatches per case")
+    parser.add_argument("--cifar_batch", type=int, default=8, help="global batch of CIFAR cases")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"))
+    parser.add_argument("--remat", action="store_true", help="set config.model.remat")
+    parser.add_argument("--grad_accum", type=int, default=None, help="training.grad_accum_steps")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
-    results = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_average_1m": os.getloadavg()[0],
-            "devices": [str(d) for d in jax.local_devices()],
-            "jax": jax.__version__,
-        },
-        "cases": {},
-    }
+    results = {"machine": common.machine_info(), "cases": {}}
     for name in args.cases.split(","):
         if name not in CASES:
             raise ValueError(f"Unknown case {name!r}; valid: {', '.join(CASES)}.")
-        results["cases"][name] = bench(CASES[name](), args.dispatches)
+        config = CASES[name]()
+        if name.startswith("cifar10"):
+            config.training.batch_size = args.cifar_batch
+        if args.dtype:
+            config.model.dtype = args.dtype
+        if args.remat:
+            config.model.remat = True
+        if args.grad_accum:
+            config.training.grad_accum_steps = args.grad_accum
+        results["cases"][name] = bench(config, args.dispatches)
         print(f"{name}: {results['cases'][name]}", file=sys.stderr, flush=True)
     text = json.dumps(results, indent=2)
     print(text)

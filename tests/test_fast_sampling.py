@@ -1,48 +1,196 @@
-"""Few-step samplers against the exact Gaussian-mixture setting of the core tests."""
+"""Few-step samplers (Heun, DPM-Solver-2/3) against PC-1000 on the core tests' exact-score mixture.
+
+Setting: the 2-D three-component mixture of tests/test_sampling.py (without its 30 extra
+Gaussian dimensions, whose linear flow any ODE solver follows almost exactly), its exact score,
+and the SDEs used there with N = 1000: VE (σ 0.01…10), VP and sub-VP (β 0.1…20).
+
+Metric: the energy distance E = 2E|X-Y| - E|X-X'| - E|Y-Y'| (Székely & Rizzo 2013) between
+the empirical distribution of n = 20 000 samples and the exact mixture, computed without a
+reference sample from the closed-form CDFs of the mixture's 1-D projections
+(`benchmarks.bench_samplers.EnergyDistance`; checked against pairwise distances below). Exact
+samples have E[E] = μ₀ = (π/n) mean_θ ∫ F_θ (1 - F_θ) du, the floor; a sampler whose
+distribution is off adds that offset's energy distance to it.
+
+Tolerance: a sampler with at most 50 score evaluations passes if E_few ≤ E_PC1000 + 3 μ₀. Like
+the Cramér–von Mises statistic, n·E converges in law (to a weighted sum of χ²₁ variables), so
+its spread is a fixed multiple of μ₀ ∝ 1/n: over 1000 sets of 20 000 exact samples the standard
+deviation was 0.64 μ₀, E₁ - E₂ exceeded 3 μ₀ for 0.27 % of pairs and E - μ₀ exceeded 3 μ₀ for
+0.3 % of sets. At this n the criterion thus resolves excess distances of ~3 μ₀: Heun with 8
+steps (VE, 17 NFE), DPM-Solver-2 with 8 and DPM-Solver-3 with 4 steps (sub-VP, 17 and 13 NFE)
+fail it. Smaller differences need more samples than a unit test affords
+(`python benchmarks/bench_samplers.py --sections accuracy` measures them at 100 000 points);
+the noise-free check here is pathwise: each sampler against a tight PF-ODE solve (diffrax) from
+the same prior draws, at two step counts, which also pins down its order of convergence.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.bench_samplers import (
+    COVS,
+    MEANS,
+    WEIGHTS,
+    EnergyDistance,
+    mixture_score,
+    run_together,
+)
 from score_sde_jax import fast_sampling, gmm, sampling, sde_lib
 
-N_SAMPLES = 4000
-MIXTURE = gmm.mixture(
-    [0.3, 0.7], [[0.8, -0.2], [-0.4, 0.3]], [np.eye(2) * 0.05, np.diag([0.1, 0.02])]
-)
+MIX = gmm.mixture(WEIGHTS, MEANS, COVS)
 SDES = {
-    "ve": sde_lib.VESDE(0.01, 5.0, 1000),
+    "ve": sde_lib.VESDE(0.01, 10.0, 1000),
     "vp": sde_lib.VPSDE(0.1, 20.0, 1000),
     "subvp": sde_lib.subVPSDE(0.1, 20.0, 1000),
 }
+N_POINTS = 20_000
+MAX_NFE = 50
+ENERGY = EnergyDistance(WEIGHTS, MEANS, COVS)
+FLOOR = ENERGY.floor(N_POINTS)
+TOLERANCE = 3 * FLOOR  # see the module docstring
+NULL_SPREAD = 0.64 * FLOOR  # measured standard deviation of E over exact samples
+# (SDE, sampler, steps): 49 score evaluations each.
+ACCEPTED = [
+    ("ve", "heun", 24),
+    ("vp", "heun", 24),
+    ("subvp", "heun", 24),
+    ("vp", "dpm2", 24),
+    ("subvp", "dpm2", 24),
+    ("vp", "dpm3", 16),
+    ("subvp", "dpm3", 16),
+]
+UNDER_RESOLVED = [("ve", "heun", 8), ("subvp", "dpm2", 8), ("subvp", "dpm3", 4)]
+# (SDE, sampler, order, steps): the discretisation error at `steps` and at steps / 2.
+ORDER_CASES = [
+    ("ve", "heun", 2, 24),
+    ("vp", "heun", 2, 24),
+    ("subvp", "dpm2", 2, 24),
+    ("vp", "dpm3", 3, 16),
+]
 
 
-def sliced_wasserstein(a, b, n_proj=256):
-    """Sliced 2-Wasserstein distance between two equally sized point clouds (fixed directions)."""
-    d = jax.random.normal(jax.random.key(123), (n_proj, a.shape[1]))
-    d = d / jnp.linalg.norm(d, axis=1, keepdims=True)
-    pa = jnp.sort(a @ d.T, axis=0)
-    pb = jnp.sort(b @ d.T, axis=0)
-    return float(jnp.sqrt(jnp.mean((pa - pb) ** 2)))
+def few_step_sampler(sde, kind, steps, shape):
+    score_fn = mixture_score(sde)
+    if kind == "heun":
+        return sampling.get_heun_sampler(sde, score_fn, shape, steps)
+    return sampling.get_dpm_solver_sampler(sde, score_fn, shape, steps, order=int(kind[-1]))
 
 
 @pytest.fixture(scope="module")
-def reference():
-    x, _ = gmm.sample(jax.random.key(7), MIXTURE, N_SAMPLES)
-    return x
+def results():
+    """{(SDE, sampler, steps): (E, nfe, RMS distance to the PF-ODE solution)}.
+
+    Per SDE one program runs PC-1000 (key (SDE, 'pc', 1000)), a tight PF-ODE solve (diffrax
+    Tsit5, tolerances 1e-6) and the few-step samplers, all from the same prior draw.
+    """
+    out = {}
+    shape = (N_POINTS, 2)
+    for name, sde in SDES.items():
+        configs = ACCEPTED + UNDER_RESOLVED + [(c[0], c[1], c[3] // 2) for c in ORDER_CASES]
+        samplers = {
+            cfg: few_step_sampler(sde, cfg[1], cfg[2], shape) for cfg in configs if cfg[0] == name
+        }
+        # The paper's sampler for continuous-time models (facts §3), without corrector.
+        predictor = "reverse_diffusion" if name == "ve" else "euler_maruyama"
+        samplers[name, "pc", sde.N] = sampling.get_pc_sampler(
+            sde, mixture_score(sde), shape, predictor, "none", snr=0.16
+        )
+        samplers[name, "ode", 0] = sampling.get_ode_sampler(
+            sde, mixture_score(sde), shape, rtol=1e-6, atol=1e-6, denoise=True
+        )
+        xs = run_together(samplers, MIX, sde.prior_sampling(jax.random.key(0), shape))
+        exact = xs[name, "ode", 0][0]
+        for cfg, (x, nfe) in xs.items():
+            path_rms = float(np.sqrt(np.mean(np.sum((x - exact) ** 2, -1))))
+            out[cfg] = (ENERGY(x), int(np.max(nfe)), path_rms)
+    return out
+
+
+def test_closed_form_score_matches_gmm_module():
+    x = 2.0 * jax.random.normal(jax.random.key(0), (16, 2))
+    t = jax.random.uniform(jax.random.key(1), (16,), minval=1e-3, maxval=1.0)
+    # VP exercises both the mean coefficient and the std, the only way the SDE enters.
+    sde = SDES["vp"]
+    want = jax.jit(gmm.get_score_fn(sde))(MIX, x, t)
+    got = jax.jit(mixture_score(sde))(MIX, x, t)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_energy_distance_matches_pairwise_formula():
+    # A mixture of near-point masses is the discrete distribution Q = Σ w_k δ_{μ_k}, for which
+    # E(P_n, Q) = 2 E|X-Y| - E|X-X'| - E|Y-Y'| is a finite sum of pairwise distances.
+    atoms = np.array([[0.0, 0.0], [1.0, 0.5], [-0.5, 1.5]])
+    w = np.array([0.5, 0.3, 0.2])
+    energy = EnergyDistance(w, atoms, [1e-10 * np.eye(2)] * 3, num_directions=256, num_grid=40001)
+    x = np.random.default_rng(0).normal(size=(50, 2))
+
+    def mean_dist(a, b, wa, wb):
+        return float(wa @ np.linalg.norm(a[:, None] - b[None], axis=-1) @ wb)
+
+    u = np.full(50, 1 / 50)
+    want = 2 * mean_dist(x, atoms, u, w) - mean_dist(x, x, u, u) - mean_dist(atoms, atoms, w, w)
+    np.testing.assert_allclose(energy(x), want, rtol=2e-3)
+
+
+def test_exact_samples_sit_on_the_floor():
+    sample = jax.jit(lambda rng: gmm.sample(rng, MIX, N_POINTS)[0])
+    energies = [ENERGY(sample(jax.random.key(100 + i))) for i in range(8)]
+    # Their mean is μ₀ to 3 standard errors, and their spread that measured over 1000 sets
+    # (an 8-set estimate lies within 0.45-1.7 times it in 90 % of cases).
+    assert abs(np.mean(energies) - FLOOR) < 3 * NULL_SPREAD / np.sqrt(8), energies
+    assert 0.3 * NULL_SPREAD < np.std(energies, ddof=1) < 2.5 * NULL_SPREAD, energies
+    # Exact samples scaled by 1.02 fail the criterion.
+    assert ENERGY(1.02 * sample(jax.random.key(100))) > FLOOR + TOLERANCE
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_pc_1000_sits_on_the_floor(name, results):
+    energy, nfe, _ = results[name, "pc", 1000]
+    assert nfe == 1000
+    # The few-step criterion, against the floor instead of another draw.
+    assert energy < FLOOR + TOLERANCE, energy / FLOOR
+
+
+@pytest.mark.parametrize("cfg", ACCEPTED, ids=lambda c: "-".join(map(str, c)))
+def test_few_step_sampler_is_as_close_as_pc_1000(cfg, results):
+    energy, nfe, _ = results[cfg]
+    # Two (Heun, DPM-Solver-2) or three evaluations a step, plus the final denoising step.
+    assert nfe == {"heun": 2, "dpm2": 2, "dpm3": 3}[cfg[1]] * cfg[2] + 1 <= MAX_NFE
+    pc_energy = results[cfg[0], "pc", 1000][0]
+    assert energy <= pc_energy + TOLERANCE, (energy / FLOOR, pc_energy / FLOOR)
+
+
+@pytest.mark.parametrize("cfg", UNDER_RESOLVED, ids=lambda c: "-".join(map(str, c)))
+def test_under_resolved_sampler_fails_the_same_criterion(cfg, results):
+    energy = results[cfg][0]
+    pc_energy = results[cfg[0], "pc", 1000][0]
+    assert energy > pc_energy + TOLERANCE, (energy / FLOOR, pc_energy / FLOOR)
+
+
+@pytest.mark.parametrize("case", ORDER_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_discretisation_error_and_order(case, results):
+    name, kind, order, steps = case
+    coarse, fine = results[name, kind, steps // 2][2], results[name, kind, steps][2]
+    # Well inside the narrowest component (std 0.32); EDM's ρ = 7 grid gave 0.028 (VP) and
+    # 0.038 (sub-VP) with Heun-24.
+    assert fine < 0.02, (coarse, fine)
+    # Halving the step count multiplies the error by ~2^order.
+    assert np.log2(coarse / fine) > order - 0.5, (coarse, fine)
 
 
 @pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
 def test_noise_level_inverses_round_trip(name):
     sde = SDES[name]
     t = jnp.linspace(1e-3, 1.0, 11)
-    m, s = sde.marginal_prob(jnp.ones((11, 1)), t)
-    # float32: σ(1e-3) of sub-VP is ~2e-4, so the round trip carries a few 1e-4 relative error.
-    np.testing.assert_allclose(fast_sampling.time_of_sigma(sde, s / m[:, 0]), t, rtol=5e-4)
+    # float32: σ̂(1e-3) of sub-VP is ~1e-4, so the round trip carries a few 1e-4 relative error.
+    np.testing.assert_allclose(
+        fast_sampling.time_of_sigma(sde, fast_sampling.noise_to_signal(sde, t)), t, rtol=5e-4
+    )
     if name != "ve":
-        lam = jnp.log(m[:, 0]) - jnp.log(s)
-        np.testing.assert_allclose(fast_sampling._time_of_lambda(sde, lam), t, rtol=5e-4)
+        np.testing.assert_allclose(
+            fast_sampling.time_of_log_snr(sde, fast_sampling.log_snr(sde, t)), t, rtol=5e-4
+        )
 
 
 def test_karras_grid_endpoints_and_monotonicity():
@@ -51,72 +199,54 @@ def test_karras_grid_endpoints_and_monotonicity():
     assert bool(jnp.all(jnp.diff(sigmas) < 0))
 
 
+@pytest.mark.parametrize("schedule", fast_sampling.SCHEDULES)
+def test_time_grids_run_from_t_to_eps(schedule):
+    for sde in SDES.values():
+        eps = sde_lib.default_sampling_eps(sde)
+        times = fast_sampling.time_grid(sde, 10, None, schedule)
+        assert times.shape == (11,)
+        np.testing.assert_allclose([times[0], times[-1]], [sde.T, eps], rtol=1e-6)
+        assert bool(jnp.all(jnp.diff(times) < 0))
+
+
 @pytest.fixture(scope="module")
-def pc_distances(reference):
-    """Distance to the true mixture of the paper's PC samplers with N = 1000."""
-    out = {}
-    for name, sde in SDES.items():
-        score_fn = gmm.get_score_fn(sde)
-        predictor = "reverse_diffusion" if name == "ve" else "euler_maruyama"
-        sample = sampling.get_pc_sampler(sde, score_fn, (N_SAMPLES, 2), predictor, "none", snr=0.16)
-        x, _ = jax.jit(sample)(jax.random.key(0), MIXTURE)
-        out[name] = sliced_wasserstein(x, reference)
-    return out
+def small_batch():
+    """DPM-Solver-3 with and without denoising on 8 per-sample keys, and with keys 1-7 replaced."""
+    sde = SDES["subvp"]
+    samplers = {
+        d: fast_sampling.get_dpm_solver_sampler(sde, mixture_score(sde), (8, 2), 5, 3, denoise=d)
+        for d in (True, False)
+    }
+
+    @jax.jit
+    def run(keys):
+        return {d: f(keys, MIX) for d, f in samplers.items()}
+
+    keys = jax.random.split(jax.random.key(3), 8)
+    other_keys = keys.at[1:].set(jax.random.split(jax.random.key(4), 7))
+    return sde, jax.device_get(run(keys)), jax.device_get(run(other_keys))
 
 
-@pytest.mark.parametrize(
-    "name,kind,steps",
-    [
-        ("ve", "heun", 24),
-        ("vp", "heun", 24),
-        ("subvp", "heun", 24),
-        ("vp", "dpm2", 24),
-        ("subvp", "dpm2", 24),
-        ("vp", "dpm3", 16),
-        ("subvp", "dpm3", 16),
-    ],
-)
-def test_few_step_samplers_match_pc_with_1000_steps(name, kind, steps, reference, pc_distances):
-    sde = SDES[name]
-    score_fn = gmm.get_score_fn(sde)
-    if kind == "heun":
-        sample = sampling.get_heun_sampler(sde, score_fn, (N_SAMPLES, 2), steps)
-    else:
-        order = int(kind[-1])
-        sample = fast_sampling.get_dpm_solver_sampler(
-            sde, score_fn, (N_SAMPLES, 2), steps, order=order
-        )
-    x, nfe = jax.jit(sample)(jax.random.key(0), MIXTURE)
-    assert nfe <= 50
-    distance = sliced_wasserstein(x, reference)
-    # Both distances sit on the finite-sample floor (~0.011 for 4000 points); allow for its
-    # fluctuation, not for a real bias: an under-resolved sampler (5 steps) is far outside.
-    assert distance <= pc_distances[name] + 0.005, (distance, pc_distances[name])
+def test_samples_do_not_depend_on_batch_mates(small_batch):
+    _, out, out_other = small_batch
+    x, x_other = out[True][0], out_other[True][0]
+    # New batch-mates leave sample 0, drawn from the same per-sample key, as it was.
+    np.testing.assert_array_equal(x[0], x_other[0])
+    assert np.all(np.linalg.norm(x[1:] - x_other[1:], axis=-1) > 1e-3)
 
 
-def test_an_under_resolved_grid_is_detected(reference, pc_distances):
-    sde = SDES["vp"]
-    sample = fast_sampling.get_heun_sampler(sde, gmm.get_score_fn(sde), (N_SAMPLES, 2), 4)
-    x, _ = jax.jit(sample)(jax.random.key(0), MIXTURE)
-    assert sliced_wasserstein(x, reference) > pc_distances["vp"] + 0.05
-
-
-def test_samples_do_not_depend_on_batch_mates():
-    sde = SDES["vp"]
-    score_fn = gmm.get_score_fn(sde)
-    x8, _ = fast_sampling.get_dpm_solver_sampler(sde, score_fn, (8, 2), 5, order=3)(
-        jax.random.key(3), MIXTURE
-    )
-    # Sample 0 alone, started from the same per-sample prior draw, is the same point.
-    z0 = sde.prior_sampling(jax.random.split(jax.random.key(3), 8)[0], (2,))
-    alone = fast_sampling.get_dpm_solver_sampler(sde, score_fn, (1, 2), 5, order=3)
-    x1, _ = alone(jax.random.key(0), MIXTURE, z=z0[None])
-    np.testing.assert_allclose(x8[0], x1[0], rtol=1e-5, atol=1e-6)
+def test_denoising_is_tweedies_formula_at_eps(small_batch):
+    sde, out, _ = small_batch
+    assert (out[True][1], out[False][1]) == (16, 15)
+    eps = jnp.full((8,), sde_lib.default_sampling_eps(sde))
+    x_eps = jnp.asarray(out[False][0])
+    want = sampling.tweedie_denoise(sde, mixture_score(sde), MIX, x_eps, eps)
+    np.testing.assert_allclose(out[True][0], want, rtol=1e-5, atol=1e-5)
 
 
 def test_invalid_arguments_raise():
     sde = SDES["ve"]
-    score_fn = gmm.get_score_fn(sde)
+    score_fn = mixture_score(sde)
     with pytest.raises(ValueError, match="VP or sub-VP"):
         fast_sampling.get_dpm_solver_sampler(sde, score_fn, (2, 2), 10)
     with pytest.raises(ValueError, match="order"):
@@ -125,7 +255,9 @@ def test_invalid_arguments_raise():
         fast_sampling.get_heun_sampler(sde, score_fn, (2, 2), 10, eps=1.5)
     with pytest.raises(ValueError, match="num_steps"):
         fast_sampling.get_heun_sampler(sde, score_fn, (2, 2), 0)
+    with pytest.raises(ValueError, match="schedule"):
+        fast_sampling.get_heun_sampler(sde, score_fn, (2, 2), 10, schedule="cosine")
     with pytest.raises(ValueError, match="z has shape"):
         fast_sampling.get_heun_sampler(sde, score_fn, (2, 2), 3)(
-            jax.random.key(0), MIXTURE, z=jnp.zeros((3, 2))
+            jax.random.key(0), MIX, z=jnp.zeros((3, 2))
         )

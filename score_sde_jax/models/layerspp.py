@@ -148,8 +148,14 @@ def conv1x1(out_ch: int, init_scale: float = 1.0, dtype: Any = jnp.float32):
 
 
 def group_norm(channels: int, dtype: Any = jnp.float32) -> nn.GroupNorm:
-    """GroupNorm with min(C//4, 32) groups and epsilon 1e-6, as every NCSN++ layer uses."""
-    return nn.GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6, dtype=dtype)
+    """GroupNorm with min(C//4, 32) groups and epsilon 1e-6, as every NCSN++ layer uses.
+
+    Flax normalises in float32 whatever ``dtype`` is, so with a lower-precision ``dtype`` the
+    backward pass would keep a float32 copy of every normalised activation and bfloat16 would
+    save little memory; there the normalisation is recomputed from its (low-precision) input.
+    """
+    norm = nn.GroupNorm if jnp.dtype(dtype) == jnp.float32 else rematerialized(nn.GroupNorm)
+    return norm(num_groups=min(channels // 4, 32), epsilon=1e-6, dtype=dtype)
 
 
 class Combine(nn.Module):
@@ -315,3 +321,19 @@ class ResnetBlockBigGANpp(nn.Module):
         if c != out_ch or self.up or self.down:
             x = conv1x1(out_ch, dtype=self.dtype)(x)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h
+
+
+@functools.cache
+def rematerialized(block: type[nn.Module], static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
+    """``nn.remat`` of a module class whose parameter paths equal the plain class's.
+
+    The block's activations are recomputed in the backward pass instead of stored; only its
+    inputs are kept (activation checkpointing, Chen et al. 2016). Flax names a submodule after
+    its class (``ResnetBlockBigGANpp_3``) while the lifted class is called
+    ``CheckpointResnetBlockBigGANpp``, so the name is set back: checkpoints load either way.
+    ``static_argnums`` counts ``self`` as 0 and marks arguments that select Python control flow
+    (the residual blocks' ``train``, argument 3 of ``(self, x, temb, train)``).
+    """
+    lifted = nn.remat(block, static_argnums=static_argnums)
+    lifted.__name__ = lifted.__qualname__ = block.__name__
+    return lifted

@@ -49,7 +49,11 @@ class NCSNpp(nn.Module):
     ``config.data.centered`` (inputs in [0, 1] are mapped to [−1, 1] when False). ``dtype`` is
     the computation dtype of convolutions, GroupNorms and dense layers (``config.model.dtype``,
     not an original key; default float32, which reproduces the original). Parameters, the
-    Fourier/sinusoidal features, attention and the returned output stay float32.
+    Fourier/sinusoidal features, attention and the returned output stay float32, so losses and
+    optimizer state are float32 too. ``remat`` (``config.model.remat``, not an original key,
+    default False) recomputes the activations of every residual and attention block in the
+    backward pass instead of storing them (`layerspp.rematerialized`): less memory for about
+    one more forward pass per step, same parameter tree and same values.
     """
 
     nf: int = 128
@@ -76,6 +80,7 @@ class NCSNpp(nn.Module):
     num_scales: int = 1000
     nonlinearity: str = "swish"
     dtype: Any = jnp.float32
+    remat: bool = False
 
     def __post_init__(self):
         _check_choice("resblock_type", self.resblock_type, RESBLOCK_TYPES)
@@ -126,6 +131,7 @@ class NCSNpp(nn.Module):
             num_scales=m.num_scales,
             nonlinearity=m.nonlinearity.lower(),
             dtype=jnp.dtype(m.get("dtype", "float32")),
+            remat=m.get("remat", False),
         )
 
     @nn.compact
@@ -148,15 +154,18 @@ class NCSNpp(nn.Module):
         else:
             temb = None
 
+        def block_class(cls, static_argnums=()):
+            return layerspp.rematerialized(cls, static_argnums) if self.remat else cls
+
         attn_block = functools.partial(
-            layerspp.AttnBlockpp,
+            block_class(layerspp.AttnBlockpp),
             init_scale=self.init_scale,
             skip_rescale=self.skip_rescale,
             dtype=self.dtype,
         )
         if self.resblock_type == "biggan":
             resnet_block = functools.partial(
-                layerspp.ResnetBlockBigGANpp,
+                block_class(layerspp.ResnetBlockBigGANpp, static_argnums=(3,)),
                 act=act,
                 dropout=self.dropout,
                 fir=self.fir,
@@ -167,7 +176,7 @@ class NCSNpp(nn.Module):
             )
         else:
             resnet_block = functools.partial(
-                layerspp.ResnetBlockDDPMpp,
+                block_class(layerspp.ResnetBlockDDPMpp, static_argnums=(3,)),
                 act=act,
                 dropout=self.dropout,
                 init_scale=self.init_scale,

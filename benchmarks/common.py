@@ -1,0 +1,120 @@
+"""Shared helpers of the benchmark scripts: FLOP counts, model FLOP utilisation and memory.
+
+FLOPs come from XLA's cost analysis of the compiled program (``compiled.cost_analysis()``),
+i.e. what XLA executes: with ``model.remat`` the recomputed forward passes count too. XLA
+counts the body of a while loop (``lax.scan``, ``lax.while_loop``) once, whatever its trip
+count, so callers that dispatch several steps in one scan get the FLOPs of one step.
+"""
+
+import os
+import platform
+
+import jax
+
+# Dense (no sparsity) peak FLOP/s per device from the vendors' datasheets, by the compute dtype
+# of the network. "float32" is the rate that jax's default matmul/convolution precision uses:
+# TF32 tensor cores on NVIDIA Ampere/Hopper, one bfloat16 MXU pass on TPUs.
+PEAK_FLOPS = {
+    "H200": {"bfloat16": 989.4e12, "float32": 494.7e12},  # H200 SXM (H100 SXM compute)
+    "H100 PCIe": {"bfloat16": 756.0e12, "float32": 378.0e12},
+    "H100": {"bfloat16": 989.4e12, "float32": 494.7e12},  # H100 SXM
+    "A100": {"bfloat16": 312.0e12, "float32": 156.0e12},
+    "TPU v4": {"bfloat16": 275.0e12, "float32": 275.0e12},
+    "TPU v5 lite": {"bfloat16": 197.0e12, "float32": 197.0e12},  # v5e
+    "TPU v5p": {"bfloat16": 459.0e12, "float32": 459.0e12},
+    "TPU v5": {"bfloat16": 459.0e12, "float32": 459.0e12},  # v5p reports itself as "TPU v5"
+    "TPU v6 lite": {"bfloat16": 918.0e12, "float32": 918.0e12},  # v6e
+}
+
+
+def _table_key(device_kind: str) -> str | None:
+    """The `PEAK_FLOPS` entry of a ``jax.Device.device_kind`` (first, most specific match)."""
+    kind = device_kind.lower()
+    if "h100" in kind and "pcie" in kind:
+        return "H100 PCIe"
+    for key in ("H200", "H100", "A100", "TPU v5 lite", "TPU v5p", "TPU v6 lite", "TPU v4"):
+        if key.lower() in kind:
+            return key
+    if kind.startswith("tpu v5e"):
+        return "TPU v5 lite"
+    if kind.strip() == "tpu v5":
+        return "TPU v5"
+    return None
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+    """Peak FLOP/s of one device for ``dtype`` ('bfloat16' or 'float32'); None if unknown (CPUs)."""
+    key = _table_key(device_kind)
+    return None if key is None else PEAK_FLOPS[key].get(str(dtype))
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call of a ``jax.stages.Compiled`` from XLA's cost analysis (None if absent)."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if isinstance(analysis, list | tuple):  # older jax: one dict per computation
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops is not None and flops > 0 else None
+
+
+def throughput(flops: float | None, seconds: float, dtype: str, device=None) -> dict:
+    """Achieved FLOP/s of ``flops`` done in ``seconds`` and the utilisation of one device's peak.
+
+    Returns ``{"flops", "tflops_per_s", "peak_tflops_per_s", "mfu"}``; the last two are None
+    where the device's peak is unknown (e.g. CPUs).
+    """
+    device = device or jax.devices()[0]
+    peak = peak_flops(device.device_kind, dtype)
+    achieved = flops / seconds if flops and seconds > 0 else None
+    return {
+        "flops": flops,
+        "tflops_per_s": None if achieved is None else round(achieved / 1e12, 4),
+        "peak_tflops_per_s": None if peak is None else round(peak / 1e12, 1),
+        "mfu": None if achieved is None or peak is None else round(achieved / peak, 4),
+    }
+
+
+def compiled_memory(compiled) -> dict:
+    """XLA's compile-time buffer assignment: peak = temporaries + arguments + outputs − aliased.
+
+    Sizes in bytes; ``peak_bytes`` is what the program needs on the device while it runs
+    (donated inputs that alias outputs are counted once).
+    """
+    m = compiled.memory_analysis()
+    if m is None:
+        return {"peak_bytes": None}
+    out = {
+        "temp_bytes": int(m.temp_size_in_bytes),
+        "argument_bytes": int(m.argument_size_in_bytes),
+        "output_bytes": int(m.output_size_in_bytes),
+        "alias_bytes": int(m.alias_size_in_bytes),
+    }
+    out["peak_bytes"] = (
+        out["temp_bytes"] + out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
+    )
+    return out
+
+
+def runtime_peak_bytes(device=None) -> int | None:
+    """The allocator's peak bytes in use since start (GPU/TPU); None where unsupported (CPU)."""
+    device = device or jax.devices()[0]
+    stats = device.memory_stats()
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def machine_info() -> dict:
+    """Where the numbers were measured: devices, jax version, host."""
+    devices = jax.devices()
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
