@@ -212,9 +212,11 @@ def _likelihood_md(result: dict) -> list[str]:
 
 
 def _memory_md(result: dict) -> list[str]:
+    order = ["baseline", "bf16", "remat", "bf16+remat", "accum2", "accum4"]
     variants = []
     for c in result["configs"].values():
         variants += [v for v in c["variants"] if v not in variants]
+    variants.sort(key=lambda v: order.index(v) if v in order else len(order))
     rows = []
     for name, c in result["configs"].items():
         row = [name, c["per_device_batch"]]

@@ -91,10 +91,13 @@ def conv_general_dilated(
     """`lax.conv_general_dilated` with a faster kernel gradient for plain NHWC convolutions.
 
     Same forward computation (and input gradient); only the kernel gradient is computed as a
-    sum of per-tap matmuls. Dilated, grouped or non-NHWC convolutions go to `lax` unchanged.
+    sum of per-tap matmuls, and only on CPU: GPUs and TPUs have fast kernel-gradient
+    convolutions of their own, and there (as for dilated, grouped or non-NHWC convolutions)
+    `lax` is used unchanged, which also keeps forward-mode differentiation (`jax.jvp`) working.
     """
     plain = (
-        lhs.ndim == 4
+        jax.default_backend() == "cpu"
+        and lhs.ndim == 4
         and all(d == 1 for d in (lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
         and feature_group_count == 1
         and precision is None
