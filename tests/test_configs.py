@@ -1,14 +1,18 @@
 """The 39 experiment configs of the original (facts §7) load, build and train.
 
-* every config file the facts tables list exists at the same path under ``configs/`` and no other;
+* every config file the facts tables list exists at the same path under ``configs/{ve,vp,subvp}``
+  and no other;
 * its network (`jax.eval_shape`, no real initialisation) has the parameter count of the original:
   the fixture ``param_shapes_full.json`` where it lists the config, facts §6.4–6.6 otherwise;
 * its effective values equal the facts tables 7.3.A–E (parsed from the facts sheet), except the
   documented fixes of the five configs that are broken in the original (facts §11.11–11.14);
-* shrunk (8 x 8 images, tiny widths), it gets a batch from the real input pipeline under mock data
-  and its whole init + training step traces (`jax.eval_shape`); three configs (`RUN_FOR_REAL`)
-  compile and run that step: the initial loss of a zero-output network, moved parameters, the
-  EMA update of facts §2.6.
+* shrunk (8 x 8 images, batch 4, tiny widths, two resolution levels), it gets a batch from the
+  real input pipeline under mock data (tfds mock data; an image folder for FFHQ) and runs one
+  training step through train_lib (`create_train_state`, `train_step`): the program `jax.jit`
+  would compile (its jaxpr), executed primitive by primitive (see `run_program`). Checked: the
+  initial loss against the closed form of a zero-output network (at least that for the
+  RefineNets), the first Adam update's size lr (facts §2.5), moved parameters, the EMA update
+  of facts §2.6.
 """
 
 import functools
@@ -379,8 +383,8 @@ def run_program(program, *args):
     """Executes a traced program primitive by primitive.
 
     Whole-program XLA:CPU compilation of one of these steps costs 10-40 CPU-seconds even for the
-    shrunk networks (26 distinct ones here); executing the same jaxpr one primitive at a time
-    compiles each distinct (primitive, shapes) pair once for all configs.
+    shrunk networks, and the 39 configs have 26 distinct ones; executed one primitive at a time,
+    the same jaxpr compiles each distinct (primitive, shapes) pair once for all configs.
     """
     jaxpr, out_shape = program
     flat = jax.core.eval_jaxpr(jaxpr.jaxpr, jaxpr.consts, *jax.tree.leaves(args))
@@ -389,13 +393,17 @@ def run_program(program, *args):
 
 @pytest.fixture(scope="module")
 def fast_steps():
-    """Cheap compilation of the per-primitive executables, and a garbage collector that skips
-    the long-lived objects of the imports (tracing allocates millions of short-lived ones)."""
+    """Fast compilation of the per-primitive executables and a cheaper garbage collector.
+
+    Tracing allocates millions of short-lived objects; frozen, the long-lived ones of the imports
+    are no longer scanned at each collection.
+    """
     previous = jax.config.values["jax_disable_most_optimizations"]
     jax.config.update("jax_disable_most_optimizations", True)
     gc.freeze()
     yield
     gc.unfreeze()
+    _PROGRAMS.clear()
     jax.config.update("jax_disable_most_optimizations", previous)
 
 
@@ -413,7 +421,7 @@ def test_shrunk_training_step(name, image_folder, fast_steps):
     program = step_program(config, rng, images, mu)
     params, state, metrics = run_program(program, rng, images, mu)
     loss = metrics["loss"]
-    assert metrics["loss"].shape == () and metrics["loss"].dtype == np.float32
+    assert loss.shape == () and loss.dtype == np.float32
     assert jax.tree.structure(state.params) == jax.tree.structure(params)
 
     # Each of the B·D dimensions adds (σ_t·s + z)² (or (ε̂ - z)²) to the loss, z ~ N(0, 1), and
