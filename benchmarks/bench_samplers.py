@@ -10,7 +10,7 @@ Section ``accuracy`` (key ``accuracy``): the few-step samplers (`sampling.get_he
 N = 1000 and a tight diffrax probability-flow ODE solve, on the 2-D Gaussian mixture of the
 core tests (tests/test_sampling.py) with its exact score, for VE, VP and sub-VP; all samplers
 of an SDE start from the same prior draws. Per sampler: score evaluations (``nfe``), the
-energy distance of ``--points`` samples to the exact mixture (`EnergyDistance`), its
+energy distance of ``--points`` samples to the exact mixture (`evaluation.energy_distance`), its
 ``excess`` over the floor μ₀ (the expected distance of as many exact samples) and, for the
 few-step samplers, ``path_rms``, the RMS distance to the ODE solution from the same prior draw
 (discretisation error without sampling noise), and ``as_close_as_pc_1000``, the criterion of
@@ -33,9 +33,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import integrate, special
 
 from score_sde_jax import gmm, sampling, score_fns, sde_lib
+from score_sde_jax.evaluation.energy_distance import MixtureEnergyDistance
 
 # The 2-D part of the core tests' mixture (tests/test_sampling.py).
 WEIGHTS = [0.25, 0.25, 0.5]
@@ -125,98 +125,6 @@ def throughput(quick, results):
         }
 
 
-def mixture_score(sde):
-    """Closed-form ∇ log p_t of the perturbed 2-D mixture Σ_k w_k N(α μ_k, α² Σ_k + σ² I).
-
-    The same as `gmm.get_score_fn` (tests/test_fast_sampling.py checks it), written with
-    [components, batch] arrays of scalars (2×2 inverses by hand) that XLA vectorises over the
-    batch: ~20x faster on a CPU, and quick to compile.
-    """
-
-    def score_fn(params, x, t, rng=None):
-        del rng
-        alpha, sigma = sde.marginal_prob(jnp.ones((t.shape[0], 1)), t)
-        alpha, var = alpha[:, 0], sigma**2  # [B]
-        covs, means = params["covs"], params["means"]  # [K, 2, 2], [K, 2]
-        a = alpha**2 * covs[:, 0, 0, None] + var  # [K, B]
-        b = alpha**2 * covs[:, 0, 1, None]
-        d = alpha**2 * covs[:, 1, 1, None] + var
-        det = a * d - b**2
-        u0 = x[:, 0] - alpha * means[:, 0, None]
-        u1 = x[:, 1] - alpha * means[:, 1, None]
-        # (α² Σ_k + σ² I)⁻¹ (x - α μ_k) for a symmetric 2×2 covariance.
-        p0, p1 = (d * u0 - b * u1) / det, (a * u1 - b * u0) / det
-        logits = params["log_weights"][:, None] - 0.5 * jnp.log(det) - 0.5 * (u0 * p0 + u1 * p1)
-        posterior = jax.nn.softmax(logits, axis=0)
-        return -jnp.stack([jnp.sum(posterior * p0, 0), jnp.sum(posterior * p1, 0)], -1)
-
-    return score_fn
-
-
-class EnergyDistance:
-    """Energy distance between a 2-D point cloud and a Gaussian mixture, without reference samples.
-
-    E(P, Q) = 2E|X-Y| - E|X-X'| - E|Y-Y'| (Székely & Rizzo 2013) is, in two dimensions,
-    π · mean over directions θ of ∫ (F_P,θ - F_Q,θ)² du, the CDFs of the projections on θ
-    (E|θ·x| averages to 2|x|/π over the circle). This takes the mean over ``num_directions``
-    equally spaced θ ∈ [0, π). Per direction, with the projected mixture (weights w_k, means
-    a_k, stds s_k), the sorted projections p_1 ≤ … ≤ p_n and any R above all p_i and the
-    mixture's support,
-    ∫ (F_n - F)² = Σ_i (2i-1)/n² (R - p_i) - (2/n) Σ_i (G(R) - G(p_i)) + ∫_{-∞}^R F²,
-    where G(u) = ∫_{-∞}^u F = Σ_k w_k s_k (z Φ(z) + φ(z)), z = (u - a_k)/s_k, is closed-form and
-    ∫F² is taken once by the trapezoid rule on a fine grid.
-
-    For n exact samples E[E] = (π/n) mean_θ ∫ F_θ (1 - F_θ) du (`floor`); a sampler whose
-    distribution differs from the mixture adds that difference's energy distance to it.
-    """
-
-    def __init__(self, weights, means, covs, num_directions=32, num_grid=4001):
-        w = np.asarray(weights, np.float64)
-        self.w = w / w.sum()
-        theta = np.pi * (np.arange(num_directions) + 0.5) / num_directions
-        self.dirs = np.stack([np.cos(theta), np.sin(theta)], 1)
-        self.a = (self.dirs @ np.asarray(means, np.float64).T)[..., None]  # [J, K, 1]
-        covs = np.asarray(covs, np.float64)
-        self.s = np.sqrt(np.einsum("ji,kil,jl->jk", self.dirs, covs, self.dirs))[..., None]
-        lo = (self.a - 12 * self.s).min(1)
-        self.hi = (self.a + 12 * self.s).max(1)  # [J, 1]; F = 1 to float64 precision above
-        grid = lo + (self.hi - lo) * np.linspace(0.0, 1.0, num_grid)
-        cdf = self._cdf(grid)
-        self.int_cdf_sq = integrate.trapezoid(cdf**2, grid, axis=1)
-        self.int_cdf_1m_cdf = integrate.trapezoid(cdf * (1 - cdf), grid, axis=1)
-
-    def _z(self, u):
-        return (u[:, None, :] - self.a) / self.s
-
-    def _cdf(self, u):
-        return np.einsum("k,jku->ju", self.w, special.ndtr(self._z(u)))
-
-    def _int_cdf(self, u):
-        z = self._z(u)
-        g = self.s * (z * special.ndtr(z) + np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi))
-        return np.einsum("k,jku->ju", self.w, g)
-
-    def floor(self, n):
-        """μ₀: the expected distance of n exact samples."""
-        return float(np.pi * self.int_cdf_1m_cdf.mean() / n)
-
-    def __call__(self, x):
-        x = np.asarray(x, np.float64)
-        if not np.isfinite(x).all():
-            raise ValueError("Samples contain NaN or inf; the sampler diverged.")
-        p = np.sort(self.dirs @ x.T, axis=1)  # [J, n]
-        n = p.shape[1]
-        r = np.maximum(self.hi, p[:, -1:])
-        i = np.arange(1, n + 1)
-        integral = (
-            np.sum((2 * i - 1) * (r - p), 1) / n**2
-            - 2 * np.mean(self._int_cdf(r) - self._int_cdf(p), 1)
-            + self.int_cdf_sq
-            + (r - self.hi)[:, 0]
-        )
-        return float(np.pi * integral.mean())
-
-
 def run_together(samplers, params, z):
     """{key: (x, nfe)} of several samplers started from the same prior draw z, one program."""
 
@@ -230,7 +138,7 @@ def run_together(samplers, params, z):
 def accuracy(quick, points):
     """NFE against energy distance to the exact mixture (see the module docstring)."""
     mixture = gmm.mixture(WEIGHTS, MEANS, COVS)
-    energy = EnergyDistance(WEIGHTS, MEANS, COVS)
+    energy = MixtureEnergyDistance(WEIGHTS, MEANS, COVS)
     floor = energy.floor(points)
     exact = [
         energy(gmm.sample(jax.random.key(100 + i), mixture, points)[0])
@@ -241,12 +149,6 @@ def accuracy(quick, points):
         "heun": [8, 16, 24] if quick else [4, 8, 12, 16, 24],
         "dpm2": [8, 16, 24] if quick else [4, 8, 12, 16, 24],
         "dpm3": [4, 8, 16] if quick else [4, 8, 12, 16],
-    }
-    # Other grids at the 49-NFE step counts, for the choice of the defaults.
-    alternatives = {
-        "heun": [("karras", 24)],
-        "dpm2": [("log_snr", 24), ("time_uniform", 24)],
-        "dpm3": [("log_snr", 16), ("time_uniform", 16)],
     }
     sdes = {
         "ve": sde_lib.VESDE(0.01, 10.0, 1000),
@@ -268,31 +170,23 @@ def accuracy(quick, points):
         "seconds": {},
     }
     for name, sde in sdes.items():
-        score_fn = mixture_score(sde)
+        score_fn = gmm.get_score_fn_2d(sde)
+        # (sampler, steps, grid): the default grids, then the others at 49 NFE.
+        configs = [(kind, n, None) for kind, counts in steps.items() for n in counts]
+        configs += [("heun", 24, "time_uniform" if name == "ve" else "karras")]
+        configs += [("dpm2", 24, g) for g in ("log_snr", "time_uniform")]
+        configs += [("dpm3", 16, g) for g in ("log_snr", "time_uniform")]
         samplers = {}
-        for kind, counts in steps.items():
-            if kind != "heun" and name == "ve":
-                continue
-            configs = [(None, n) for n in counts] + alternatives[kind]
-            for schedule, n in configs:
-                label = f"{kind}_{n}" + (f"_{schedule}" if schedule else "")
-                if kind == "heun":
-                    samplers[label] = sampling.get_heun_sampler(
-                        sde, score_fn, shape, n, schedule=schedule
-                    )
-                elif schedule is None:
-                    samplers[label] = sampling.get_dpm_solver_sampler(
-                        sde, score_fn, shape, n, order=int(kind[-1])
-                    )
-                else:
-                    samplers[label] = sampling.get_dpm_solver_sampler(
-                        sde, score_fn, shape, n, order=int(kind[-1]), schedule=schedule
-                    )
-        if name == "ve":
-            samplers["heun_24_time_uniform"] = sampling.get_heun_sampler(
-                sde, score_fn, shape, 24, schedule="time_uniform"
-            )
-            del samplers["heun_24_karras"]  # the default for VE
+        for kind, n, schedule in configs:
+            label = f"{kind}_{n}" + (f"_{schedule}" if schedule else "")
+            if kind == "heun":
+                samplers[label] = sampling.get_heun_sampler(
+                    sde, score_fn, shape, n, schedule=schedule
+                )
+            elif name != "ve":
+                samplers[label] = sampling.get_dpm_solver_sampler(
+                    sde, score_fn, shape, n, order=int(kind[-1]), schedule=schedule
+                )
         predictor = "reverse_diffusion" if name == "ve" else "euler_maruyama"
         samplers["pc_1000"] = sampling.get_pc_sampler(
             sde, score_fn, shape, predictor, "none", snr=0.16

@@ -48,6 +48,11 @@ def _check_args(sde, num_steps, eps):
     return int(num_steps), resolve_eps(sde, eps)
 
 
+def _check_schedule(schedule):
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {schedule!r}; valid names: {list(SCHEDULES)}.")
+
+
 def alpha_sigma(sde, t):
     """α_t and σ_t of the kernel x(t) = α_t x(0) + σ_t z at scalar or [n] times -> ([n], [n])."""
     t = jnp.atleast_1d(jnp.asarray(t, jnp.float32))
@@ -116,6 +121,7 @@ def time_grid(sde, num_steps, eps, schedule, rho=7.0):
       rho: ρ of the 'karras' grid.
     """
     num_steps, eps = _check_args(sde, num_steps, eps)
+    _check_schedule(schedule)
     if schedule == "time_uniform":
         return jnp.linspace(sde.T, eps, num_steps + 1)
     if schedule == "time_quadratic":
@@ -123,11 +129,9 @@ def time_grid(sde, num_steps, eps, schedule, rho=7.0):
     if schedule == "karras":
         hi, lo = noise_to_signal(sde, jnp.array([sde.T, eps]))
         times = time_of_sigma(sde, karras_sigmas(hi, lo, num_steps + 1, rho))
-    elif schedule == "log_snr":
+    else:
         hi, lo = log_snr(sde, jnp.array([sde.T, eps]))
         times = time_of_log_snr(sde, jnp.linspace(hi, lo, num_steps + 1))
-    else:
-        raise ValueError(f"Unknown schedule {schedule!r}; valid names: {list(SCHEDULES)}.")
     # The inverses round in float32; pin the ends so the solve covers exactly [eps, T].
     return times.at[0].set(sde.T).at[-1].set(eps)
 
@@ -167,36 +171,36 @@ def get_heun_sampler(
     num_steps, eps = _check_args(sde, num_steps, eps)
     if schedule is None:
         schedule = "karras" if isinstance(sde, sde_lib.VESDE) else "time_uniform"
-    times = time_grid(sde, num_steps, eps, schedule, rho)
-    alphas, sigmas = alpha_sigma(sde, times)
-    # σ̂ of the times the score is evaluated at, so step sizes and scores agree.
-    sigma_hats = sigmas / alphas
+    _check_schedule(schedule)
     batch = shape[0]
 
-    def d_dsigma(params, x_hat, i):
-        t = jnp.full((batch,), times[i])
-        return -sigma_hats[i] * alphas[i] * score_fn(params, alphas[i] * x_hat, t)
-
-    def step(params, x_hat, i):
-        h = sigma_hats[i + 1] - sigma_hats[i]
-        d = d_dsigma(params, x_hat, i)
-        d_next = d_dsigma(params, x_hat + h * d, i + 1)
-        return x_hat + 0.5 * h * (d + d_next)
-
     def sample(rng, params, z=None):
+        # Built inside the traced function: eagerly, each grid size costs dozens of tiny compiles.
+        times = time_grid(sde, num_steps, eps, schedule, rho)
+        alphas, sigmas = alpha_sigma(sde, times)
+        # σ̂ of the times the score is evaluated at, so step sizes and scores agree.
+        sigma_hats = sigmas / alphas
+
+        def d_dsigma(x_hat, i):
+            t = jnp.full((batch,), times[i])
+            return -sigma_hats[i] * alphas[i] * score_fn(params, alphas[i] * x_hat, t)
+
+        def step(x_hat, i):
+            h = sigma_hats[i + 1] - sigma_hats[i]
+            d = d_dsigma(x_hat, i)
+            return x_hat + 0.5 * h * (d + d_dsigma(x_hat + h * d, i + 1)), None
+
         x_hat = _initial(sde, rng, shape, z) / alphas[0]
-        x_hat, _ = jax.lax.scan(
-            lambda x, i: (step(params, x, i), None), x_hat, jnp.arange(num_steps)
-        )
+        x_hat, _ = jax.lax.scan(step, x_hat, jnp.arange(num_steps))
         if denoise:
-            return x_hat - sigma_hats[-1] * d_dsigma(params, x_hat, num_steps), 2 * num_steps + 1
+            return x_hat - sigma_hats[-1] * d_dsigma(x_hat, num_steps), 2 * num_steps + 1
         return alphas[-1] * x_hat, 2 * num_steps
 
     return sample
 
 
 def get_dpm_solver_sampler(
-    sde, score_fn, shape, num_steps, order=2, eps=None, schedule="time_quadratic", denoise=True
+    sde, score_fn, shape, num_steps, order=2, eps=None, schedule=None, denoise=True
 ):
     """Singlestep DPM-Solver-2/3 (Lu et al. 2022, Algorithms 1 and 2) for VP and sub-VP SDEs.
 
@@ -211,7 +215,7 @@ def get_dpm_solver_sampler(
       num_steps: solver steps; each costs ``order`` score evaluations.
       order: 2 or 3.
       eps: end time (default: the SDE's sampling eps, facts §1.6).
-      schedule: time grid, one of `SCHEDULES`. The default, 'time_quadratic', has the smallest
+      schedule: time grid, one of `SCHEDULES`; default 'time_quadratic', which has the smallest
         error on the exact-score mixture for both SDEs and orders (2-6x below 'log_snr'; sub-VP's
         σ̂(eps) ≈ 1e-4 puts a third of a 'log_snr' grid where the ODE is nearly linear).
       denoise: finish with the data prediction x̂₀ = (x - σ_eps ε_θ)/α_eps (Tweedie), +1
@@ -230,12 +234,9 @@ def get_dpm_solver_sampler(
         raise ValueError(f"DPM-Solver order must be 2 or 3, got {order}.")
     shape = check_shape(shape)
     num_steps, eps = _check_args(sde, num_steps, eps)
-    times = time_grid(sde, num_steps, eps, schedule)
-    lambdas = log_snr(sde, times)
+    schedule = "time_quadratic" if schedule is None else schedule
+    _check_schedule(schedule)
     fractions = (0.5,) if order == 2 else (1.0 / 3.0, 2.0 / 3.0)
-    # Intermediate times at λ_s + r h. Every (α, σ, λ) below is then recomputed from the times
-    # themselves, so the exact linear part sees one consistent set after float32 round trips.
-    mids = [time_of_log_snr(sde, lambdas[:-1] + r * jnp.diff(lambdas)) for r in fractions]
     batch = shape[0]
 
     def node(t):
@@ -249,14 +250,12 @@ def get_dpm_solver_sampler(
         # x_t = (α_t/α_s) x_s - σ_t (e^h - 1) ε (Lu et al. Eq. 3.7).
         return (t[1] / s[1]) * x - t[2] * jnp.expm1(t[3] - s[3]) * e
 
-    def step2(params, x, i):
-        s, t, m = node(times[i]), node(times[i + 1]), node(mids[0][i])
+    def step2(params, x, s, t, m):
         u = first_order(x, s, m, eps_theta(params, x, s))
         # Algorithm 1 with r₁ = ½: the correction folds into ε_θ at the midpoint.
         return first_order(x, s, t, eps_theta(params, u, m))
 
-    def step3(params, x, i):
-        s, t, m1, m2 = node(times[i]), node(times[i + 1]), node(mids[0][i]), node(mids[1][i])
+    def step3(params, x, s, t, m1, m2):
         h, h1, h2 = t[3] - s[3], m1[3] - s[3], m2[3] - s[3]
         r1, r2 = h1 / h, h2 / h
         e0 = eps_theta(params, x, s)
@@ -269,8 +268,19 @@ def get_dpm_solver_sampler(
     update = step2 if order == 2 else step3
 
     def sample(rng, params, z=None):
+        # Built inside the traced function: eagerly, each grid size costs dozens of tiny compiles.
+        times = time_grid(sde, num_steps, eps, schedule)
+        lambdas = log_snr(sde, times)
+        # Intermediate times at λ_s + r h. Every (α, σ, λ) is then recomputed from the times
+        # themselves, so the exact linear part sees one consistent set after float32 round trips.
+        mids = [time_of_log_snr(sde, lambdas[:-1] + r * jnp.diff(lambdas)) for r in fractions]
+
+        def step(x, i):
+            nodes = [node(times[i]), node(times[i + 1])] + [node(m[i]) for m in mids]
+            return update(params, x, *nodes), None
+
         x = _initial(sde, rng, shape, z)
-        x, _ = jax.lax.scan(lambda x, i: (update(params, x, i), None), x, jnp.arange(num_steps))
+        x, _ = jax.lax.scan(step, x, jnp.arange(num_steps))
         if denoise:
             end = node(times[-1])
             return (x - end[2] * eps_theta(params, x, end)) / end[1], order * num_steps + 1

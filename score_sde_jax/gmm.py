@@ -102,3 +102,31 @@ def get_classifier_fn(sde: sde_lib.SDE):
         )(x, t)
 
     return classifier_fn
+
+
+def get_score_fn_2d(sde: sde_lib.SDE):
+    """Closed-form ∇ log p_t of the perturbed 2-D mixture Σ_k w_k N(α μ_k, α² Σ_k + σ² I).
+
+    The same as `get_score_fn` for d = 2 (tests/test_fast_sampling.py checks it), written with
+    [components, batch] arrays of scalars (2×2 inverses by hand) that XLA vectorises over the
+    batch: ~20x faster on a CPU, and quick to compile.
+    """
+
+    def score_fn(params, x, t, rng=None):
+        del rng
+        alpha, sigma = sde.marginal_prob(jnp.ones((t.shape[0], 1)), t)
+        alpha, var = alpha[:, 0], sigma**2  # [B]
+        covs, means = params["covs"], params["means"]  # [K, 2, 2], [K, 2]
+        a = alpha**2 * covs[:, 0, 0, None] + var  # [K, B]
+        b = alpha**2 * covs[:, 0, 1, None]
+        d = alpha**2 * covs[:, 1, 1, None] + var
+        det = a * d - b**2
+        u0 = x[:, 0] - alpha * means[:, 0, None]
+        u1 = x[:, 1] - alpha * means[:, 1, None]
+        # (α² Σ_k + σ² I)⁻¹ (x - α μ_k) for a symmetric 2×2 covariance.
+        p0, p1 = (d * u0 - b * u1) / det, (a * u1 - b * u0) / det
+        logits = params["log_weights"][:, None] - 0.5 * jnp.log(det) - 0.5 * (u0 * p0 + u1 * p1)
+        posterior = jax.nn.softmax(logits, axis=0)
+        return -jnp.stack([jnp.sum(posterior * p0, 0), jnp.sum(posterior * p1, 0)], -1)
+
+    return score_fn

@@ -7,7 +7,7 @@ and the SDEs used there with N = 1000: VE (σ 0.01…10), VP and sub-VP (β 0.1�
 Metric: the energy distance E = 2E|X-Y| - E|X-X'| - E|Y-Y'| (Székely & Rizzo 2013) between
 the empirical distribution of n = 20 000 samples and the exact mixture, computed without a
 reference sample from the closed-form CDFs of the mixture's 1-D projections
-(`benchmarks.bench_samplers.EnergyDistance`; checked against pairwise distances below). Exact
+(`evaluation.energy_distance.MixtureEnergyDistance`; checked against pairwise distances below). Exact
 samples have E[E] = μ₀ = (π/n) mean_θ ∫ F_θ (1 - F_θ) du, the floor; a sampler whose
 distribution is off adds that offset's energy distance to it.
 
@@ -19,8 +19,9 @@ deviation was 0.64 μ₀, E₁ - E₂ exceeded 3 μ₀ for 0.27 % of pairs and E
 steps (VE, 17 NFE), DPM-Solver-2 with 8 and DPM-Solver-3 with 4 steps (sub-VP, 17 and 13 NFE)
 fail it. Smaller differences need more samples than a unit test affords
 (`python benchmarks/bench_samplers.py --sections accuracy` measures them at 100 000 points);
-the noise-free check here is pathwise: each sampler against a tight PF-ODE solve (diffrax) from
-the same prior draws, at two step counts, which also pins down its order of convergence.
+the noise-free check here is pathwise: each sampler's distance to a tight PF-ODE solve
+(diffrax) from the same prior draws, and its order of convergence between the under-resolved
+and the accepted step counts.
 """
 
 import jax
@@ -28,15 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.bench_samplers import (
-    COVS,
-    MEANS,
-    WEIGHTS,
-    EnergyDistance,
-    mixture_score,
-    run_together,
-)
 from score_sde_jax import fast_sampling, gmm, sampling, sde_lib
+from score_sde_jax.evaluation.energy_distance import MixtureEnergyDistance
+
+# The 2-D part of the core tests' mixture (tests/test_sampling.py).
+WEIGHTS = [0.25, 0.25, 0.5]
+MEANS = [[-1.5, 1.0], [1.5, 1.0], [0.0, -1.0]]
+COVS = [[[0.3, 0.1], [0.1, 0.2]], [[0.2, -0.05], [-0.05, 0.3]], [[0.4, 0.0], [0.0, 0.1]]]
 
 MIX = gmm.mixture(WEIGHTS, MEANS, COVS)
 SDES = {
@@ -45,11 +44,11 @@ SDES = {
     "subvp": sde_lib.subVPSDE(0.1, 20.0, 1000),
 }
 N_POINTS = 20_000
+PATH_POINTS = 2000
 MAX_NFE = 50
-ENERGY = EnergyDistance(WEIGHTS, MEANS, COVS)
+ENERGY = MixtureEnergyDistance(WEIGHTS, MEANS, COVS)
 FLOOR = ENERGY.floor(N_POINTS)
 TOLERANCE = 3 * FLOOR  # see the module docstring
-NULL_SPREAD = 0.64 * FLOOR  # measured standard deviation of E over exact samples
 # (SDE, sampler, steps): 49 score evaluations each.
 ACCEPTED = [
     ("ve", "heun", 24),
@@ -61,17 +60,26 @@ ACCEPTED = [
     ("subvp", "dpm3", 16),
 ]
 UNDER_RESOLVED = [("ve", "heun", 8), ("subvp", "dpm2", 8), ("subvp", "dpm3", 4)]
-# (SDE, sampler, order, steps): the discretisation error at `steps` and at steps / 2.
+# (SDE, sampler, order, coarse steps, fine steps): runs of the two lists above.
 ORDER_CASES = [
-    ("ve", "heun", 2, 24),
-    ("vp", "heun", 2, 24),
-    ("subvp", "dpm2", 2, 24),
-    ("vp", "dpm3", 3, 16),
+    ("ve", "heun", 2, 8, 24),
+    ("subvp", "dpm2", 2, 8, 24),
+    ("subvp", "dpm3", 3, 4, 16),
 ]
 
 
+def _run_together(samplers, z):
+    """{key: (x, nfe)} of several samplers from the same prior draw z, as one compiled program."""
+
+    @jax.jit
+    def run(params, z):
+        return {key: f(jax.random.key(1), params, z=z) for key, f in samplers.items()}
+
+    return jax.device_get(run(MIX, z))
+
+
 def few_step_sampler(sde, kind, steps, shape):
-    score_fn = mixture_score(sde)
+    score_fn = gmm.get_score_fn_2d(sde)
     if kind == "heun":
         return sampling.get_heun_sampler(sde, score_fn, shape, steps)
     return sampling.get_dpm_solver_sampler(sde, score_fn, shape, steps, order=int(kind[-1]))
@@ -81,40 +89,53 @@ def few_step_sampler(sde, kind, steps, shape):
 def results():
     """{(SDE, sampler, steps): (E, nfe, RMS distance to the PF-ODE solution)}.
 
-    Per SDE one program runs PC-1000 (key (SDE, 'pc', 1000)), a tight PF-ODE solve (diffrax
-    Tsit5, tolerances 1e-6) and the few-step samplers, all from the same prior draw.
+    Per SDE one program runs PC-1000 (key (SDE, 'pc', 1000)), the few-step samplers and, for
+    the first PATH_POINTS prior draws, a tight PF-ODE solve (diffrax Tsit5, tolerances 1e-6),
+    all from the same prior draws.
     """
     out = {}
     shape = (N_POINTS, 2)
     for name, sde in SDES.items():
-        configs = ACCEPTED + UNDER_RESOLVED + [(c[0], c[1], c[3] // 2) for c in ORDER_CASES]
         samplers = {
-            cfg: few_step_sampler(sde, cfg[1], cfg[2], shape) for cfg in configs if cfg[0] == name
+            cfg: few_step_sampler(sde, cfg[1], cfg[2], shape)
+            for cfg in ACCEPTED + UNDER_RESOLVED
+            if cfg[0] == name
         }
         # The paper's sampler for continuous-time models (facts §3), without corrector.
         predictor = "reverse_diffusion" if name == "ve" else "euler_maruyama"
         samplers[name, "pc", sde.N] = sampling.get_pc_sampler(
-            sde, mixture_score(sde), shape, predictor, "none", snr=0.16
+            sde, gmm.get_score_fn_2d(sde), shape, predictor, "none", snr=0.16
         )
-        samplers[name, "ode", 0] = sampling.get_ode_sampler(
-            sde, mixture_score(sde), shape, rtol=1e-6, atol=1e-6, denoise=True
+        ode = sampling.get_ode_sampler(
+            sde, gmm.get_score_fn_2d(sde), (PATH_POINTS, 2), rtol=1e-6, atol=1e-6, denoise=True
         )
-        xs = run_together(samplers, MIX, sde.prior_sampling(jax.random.key(0), shape))
-        exact = xs[name, "ode", 0][0]
+        samplers[name, "ode", 0] = lambda rng, params, z, ode=ode: ode(rng, params, z[:PATH_POINTS])
+        z = sde.prior_sampling(jax.random.key(0), shape)
+        xs = _run_together(samplers, z)
+        exact = xs.pop((name, "ode", 0))[0]
         for cfg, (x, nfe) in xs.items():
-            path_rms = float(np.sqrt(np.mean(np.sum((x - exact) ** 2, -1))))
-            out[cfg] = (ENERGY(x), int(np.max(nfe)), path_rms)
+            path_rms = float(np.sqrt(np.mean(np.sum((x[:PATH_POINTS] - exact) ** 2, -1))))
+            out[cfg] = (ENERGY(x), int(nfe), path_rms)
     return out
 
 
-def test_closed_form_score_matches_gmm_module():
+def test_closed_form_score_matches_float64_reference():
+    sde = SDES["vp"]  # exercises both the mean coefficient and the std
     x = 2.0 * jax.random.normal(jax.random.key(0), (16, 2))
     t = jax.random.uniform(jax.random.key(1), (16,), minval=1e-3, maxval=1.0)
-    # VP exercises both the mean coefficient and the std, the only way the SDE enters.
-    sde = SDES["vp"]
-    want = jax.jit(gmm.get_score_fn(sde))(MIX, x, t)
-    got = jax.jit(mixture_score(sde))(MIX, x, t)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+    alpha, sigma = (np.asarray(v, np.float64) for v in sde.marginal_prob(jnp.ones((16, 1)), t))
+    # p_t = Σ_k w_k N(α μ_k, α² Σ_k + σ² I) in float64.
+    covs = alpha[:, :, None, None] ** 2 * np.array(COVS) + (sigma**2)[:, None, None, None] * np.eye(
+        2
+    )
+    diff = np.asarray(x, np.float64)[:, None] - alpha[:, :, None] * np.array(MEANS)
+    prec_diff = np.linalg.solve(covs, diff[..., None])[..., 0]
+    logits = np.log(WEIGHTS) - 0.5 * np.linalg.slogdet(covs)[1] - 0.5 * np.sum(diff * prec_diff, -1)
+    posterior = np.exp(logits - logits.max(1, keepdims=True))
+    posterior /= posterior.sum(1, keepdims=True)
+    want = -np.sum(posterior[..., None] * prec_diff, 1)
+    got = jax.jit(gmm.get_score_fn_2d(sde))(MIX, x, t)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_energy_distance_matches_pairwise_formula():
@@ -122,7 +143,7 @@ def test_energy_distance_matches_pairwise_formula():
     # E(P_n, Q) = 2 E|X-Y| - E|X-X'| - E|Y-Y'| is a finite sum of pairwise distances.
     atoms = np.array([[0.0, 0.0], [1.0, 0.5], [-0.5, 1.5]])
     w = np.array([0.5, 0.3, 0.2])
-    energy = EnergyDistance(w, atoms, [1e-10 * np.eye(2)] * 3, num_directions=256, num_grid=40001)
+    energy = MixtureEnergyDistance(w, atoms, [1e-10 * np.eye(2)] * 3)
     x = np.random.default_rng(0).normal(size=(50, 2))
 
     def mean_dist(a, b, wa, wb):
@@ -130,18 +151,19 @@ def test_energy_distance_matches_pairwise_formula():
 
     u = np.full(50, 1 / 50)
     want = 2 * mean_dist(x, atoms, u, w) - mean_dist(x, x, u, u) - mean_dist(atoms, atoms, w, w)
-    np.testing.assert_allclose(energy(x), want, rtol=2e-3)
+    np.testing.assert_allclose(energy(x), want, rtol=1e-3)
 
 
 def test_exact_samples_sit_on_the_floor():
-    sample = jax.jit(lambda rng: gmm.sample(rng, MIX, N_POINTS)[0])
-    energies = [ENERGY(sample(jax.random.key(100 + i))) for i in range(8)]
-    # Their mean is μ₀ to 3 standard errors, and their spread that measured over 1000 sets
-    # (an 8-set estimate lies within 0.45-1.7 times it in 90 % of cases).
-    assert abs(np.mean(energies) - FLOOR) < 3 * NULL_SPREAD / np.sqrt(8), energies
-    assert 0.3 * NULL_SPREAD < np.std(energies, ddof=1) < 2.5 * NULL_SPREAD, energies
-    # Exact samples scaled by 1.02 fail the criterion.
-    assert ENERGY(1.02 * sample(jax.random.key(100))) > FLOOR + TOLERANCE
+    # 40 independent sets of 2000 exact samples: E[E] = μ₀ holds at every n, and n·E has the
+    # spread measured over 1000 sets of 20 000 (0.64 μ₀).
+    n, sets = 2000, 40
+    x = np.asarray(gmm.sample(jax.random.key(100), MIX, n * sets + N_POINTS)[0])
+    energies = np.array([ENERGY(xi) for xi in x[: n * sets].reshape(sets, n, 2)]) / ENERGY.floor(n)
+    assert abs(energies.mean() - 1) < 3 * 0.64 / np.sqrt(sets), energies
+    assert 0.4 < energies.std(ddof=1) < 1.0, energies
+    # Exact samples scaled by 1.02 fail the criterion at N_POINTS.
+    assert ENERGY(1.02 * x[n * sets :]) > FLOOR + TOLERANCE
 
 
 @pytest.mark.parametrize("name", list(SDES))
@@ -168,15 +190,20 @@ def test_under_resolved_sampler_fails_the_same_criterion(cfg, results):
     assert energy > pc_energy + TOLERANCE, (energy / FLOOR, pc_energy / FLOOR)
 
 
+@pytest.mark.parametrize("cfg", ACCEPTED, ids=lambda c: "-".join(map(str, c)))
+def test_discretisation_error_against_the_pf_ode(cfg, results):
+    # RMS distance to the tight PF-ODE solution from the same prior draw: well inside the
+    # narrowest component (std 0.32). EDM's ρ = 7 grid gave 0.027 (VP) and 0.038 (sub-VP) with
+    # Heun-24, DPM-Solver-2's 'log_snr' grid 0.029 (sub-VP).
+    assert results[cfg][2] < 0.02
+
+
 @pytest.mark.parametrize("case", ORDER_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
-def test_discretisation_error_and_order(case, results):
-    name, kind, order, steps = case
-    coarse, fine = results[name, kind, steps // 2][2], results[name, kind, steps][2]
-    # Well inside the narrowest component (std 0.32); EDM's ρ = 7 grid gave 0.028 (VP) and
-    # 0.038 (sub-VP) with Heun-24.
-    assert fine < 0.02, (coarse, fine)
-    # Halving the step count multiplies the error by ~2^order.
-    assert np.log2(coarse / fine) > order - 0.5, (coarse, fine)
+def test_order_of_convergence(case, results):
+    name, kind, order, coarse_steps, fine_steps = case
+    coarse, fine = results[name, kind, coarse_steps][2], results[name, kind, fine_steps][2]
+    observed = np.log(coarse / fine) / np.log(fine_steps / coarse_steps)
+    assert observed > order - 0.5, (coarse, fine, observed)
 
 
 @pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
@@ -211,10 +238,10 @@ def test_time_grids_run_from_t_to_eps(schedule):
 
 @pytest.fixture(scope="module")
 def small_batch():
-    """DPM-Solver-3 with and without denoising on 8 per-sample keys, and with keys 1-7 replaced."""
+    """DPM-Solver-2 with and without denoising on 8 per-sample keys, and with keys 1-7 replaced."""
     sde = SDES["subvp"]
     samplers = {
-        d: fast_sampling.get_dpm_solver_sampler(sde, mixture_score(sde), (8, 2), 5, 3, denoise=d)
+        d: fast_sampling.get_dpm_solver_sampler(sde, gmm.get_score_fn_2d(sde), (8, 2), 3, denoise=d)
         for d in (True, False)
     }
 
@@ -237,16 +264,16 @@ def test_samples_do_not_depend_on_batch_mates(small_batch):
 
 def test_denoising_is_tweedies_formula_at_eps(small_batch):
     sde, out, _ = small_batch
-    assert (out[True][1], out[False][1]) == (16, 15)
+    assert (out[True][1], out[False][1]) == (7, 6)
     eps = jnp.full((8,), sde_lib.default_sampling_eps(sde))
     x_eps = jnp.asarray(out[False][0])
-    want = sampling.tweedie_denoise(sde, mixture_score(sde), MIX, x_eps, eps)
+    want = sampling.tweedie_denoise(sde, gmm.get_score_fn_2d(sde), MIX, x_eps, eps)
     np.testing.assert_allclose(out[True][0], want, rtol=1e-5, atol=1e-5)
 
 
 def test_invalid_arguments_raise():
     sde = SDES["ve"]
-    score_fn = mixture_score(sde)
+    score_fn = gmm.get_score_fn_2d(sde)
     with pytest.raises(ValueError, match="VP or sub-VP"):
         fast_sampling.get_dpm_solver_sampler(sde, score_fn, (2, 2), 10)
     with pytest.raises(ValueError, match="order"):
