@@ -10,7 +10,9 @@ prints one JSON object, collected under its name:
 * ``train`` / ``train_bf16_remat``: `train_lib.train_steps` throughput of the CIFAR-10
   NCSN++ / DDPM++ and the default digits configs (`bench_train.py`; the second for NCSN++ with
   bfloat16 + remat);
-* ``samplers``: PC and probability-flow ODE sampler throughput (`bench_samplers.py`);
+* ``samplers``: PC and probability-flow ODE sampler throughput, and the few-step samplers' NFE
+  against energy distance to an exact-score mixture next to PC with 1000 steps
+  (`bench_samplers.py`);
 * ``likelihood``: probability-flow log-likelihood throughput (`bench_likelihood.py`);
 * ``memory``: peak memory per config × {baseline, bf16, remat, bf16+remat, accum 2/4}
   (`bench_memory.py`).
@@ -46,7 +48,7 @@ def suite(quick: bool, batch: int | None) -> dict[str, list[str]]:
                 "bench_train.py",
                 *("--cases", "digits", "--dispatches", "1", "--dtype", "bfloat16", "--remat"),
             ],
-            "samplers": ["bench_samplers.py", "--quick"],
+            "samplers": ["bench_samplers.py", "--quick", "--sections", "throughput,accuracy"],
             "likelihood": ["bench_likelihood.py", "--batch", "64", "--train_steps", "20"],
             "memory": ["bench_memory.py", "--configs", "digits", "--variants", "baseline,remat"],
         }
@@ -65,7 +67,7 @@ def suite(quick: bool, batch: int | None) -> dict[str, list[str]]:
             *train_batch,
             *("--cases", "cifar10_ncsnpp", "--dtype", "bfloat16", "--remat"),
         ],
-        "samplers": ["bench_samplers.py"],
+        "samplers": ["bench_samplers.py", "--sections", "throughput,accuracy"],
         "likelihood": ["bench_likelihood.py"],
         "memory": ["bench_memory.py"],
     }
@@ -177,6 +179,8 @@ def _samplers_md(result: dict) -> list[str]:
     for model, samplers in result.items():
         if not isinstance(samplers, dict):
             continue
+        if model == "accuracy":
+            continue
         for sampler, r in samplers.items():
             rows.append(
                 [
@@ -190,7 +194,35 @@ def _samplers_md(result: dict) -> list[str]:
                 ]
             )
     header = ["network", "sampler", "batch", "s", "samples/s", "NFE mean", "compile s"]
-    return _table(header, rows)
+    lines = _table(header, rows)
+    if "accuracy" in result:
+        lines += _sampler_accuracy_md(result["accuracy"])
+    return lines
+
+
+def _sampler_accuracy_md(table: dict) -> list[str]:
+    floor = table["exact"]["floor"]
+    rows = [
+        [
+            sde,
+            sampler,
+            r["nfe"],
+            r["energy"] / floor,
+            r.get("path_rms"),
+            r.get("as_close_as_pc_1000", "–"),
+        ]
+        for sde, samplers in table.items()
+        if sde in ("ve", "vp", "subvp")
+        for sampler, r in samplers.items()
+    ]
+    header = ["SDE", "sampler", "NFE", "energy / μ₀", "RMS to ODE", "≤ PC-1000 + 3 μ₀"]
+    exact = table["exact"]
+    return _table(header, rows) + [
+        f"Energy distance of {table['points']:,} samples to the exact mixture in units of μ₀ "
+        f"(the expected distance of as many exact samples); exact samples: "
+        f"{exact['mean'] / floor:.2f} ± {exact['spread'] / floor:.2f}.",
+        "",
+    ]
 
 
 def _likelihood_md(result: dict) -> list[str]:

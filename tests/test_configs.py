@@ -309,8 +309,12 @@ def shrink(config, image_folder):
 def image_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ffhq")
     rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    # Mixed sizes and aspect ratios, larger and smaller than the 8-pixel training size, in
+    # nested folders: every one is resized on its short side and centre-cropped.
+    for i, (h, w) in enumerate([(12, 12), (31, 9), (6, 17), (64, 40), (8, 8)]):
+        sub = folder / f"part{i % 2}"
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(sub / f"{i}.png")
     return folder
 
 
@@ -409,7 +413,19 @@ def fast_steps():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_shrunk_training_step(name, image_folder, fast_steps):
-    config = shrink(load_config(name), image_folder)
+    check_one_training_step(shrink(load_config(name), image_folder))
+
+
+def test_image_folder_training_step(image_folder, fast_steps):
+    """`data.dataset='folder'`: a paper config trained on a folder of PNGs of mixed sizes."""
+    config = shrink(load_config("ve/cifar10_ncsnpp_continuous.py"), image_folder)
+    config.data.dataset = "folder"
+    config.data.path = str(image_folder)
+    check_one_training_step(config)
+
+
+def check_one_training_step(config):
+    """One real training step of a shrunk ``config`` on a batch of its input pipeline."""
     images = mock_batch(config)
     assert images.shape == (SHRUNK_BATCH, SHRUNK_SIZE, SHRUNK_SIZE, 3)
     assert images.dtype == np.float32
