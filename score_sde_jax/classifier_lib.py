@@ -24,7 +24,6 @@ import functools
 import math
 import os
 import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +34,7 @@ from clu import metric_writers, parameter_overview
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import checkpointing, datasets, input_pipeline, train_lib, utils
+from score_sde_jax import checkpointing, datasets, input_pipeline, train_lib, train_loop, utils
 from score_sde_jax.models import wideresnet
 
 # Datasets whose images carry class labels, and how many classes they have.
@@ -234,14 +233,8 @@ def train_step(state, batch, rng, *, loss_fn, optimizer, learning_rate_fn, ema_r
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, accuracy), grads = grad_fn(state.params, rng, batch["image"], batch["label"])
-    lr = learning_rate_fn(state.step)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
-    ema_params = jax.tree.map(
-        lambda e, p: e * ema_rate + p * (1.0 - ema_rate), state.ema_params, params
-    )
-    new_state = state.replace(
-        step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
+    new_state, lr = train_lib.apply_update(
+        state, grads, optimizer=optimizer, learning_rate_fn=learning_rate_fn, ema_rate=ema_rate
     )
     metrics = {
         "loss": loss,
@@ -411,7 +404,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
 
     Raises:
       ValueError: bad config (see `validate_config`) or labels outside [0, num_classes).
-      train_lib.NonFiniteLossError: the training loss became NaN/inf.
+      train_loop.NonFiniteLossError: the training loss became NaN/inf.
     """
     t, c = config.training, config.classifier
     mesh = train_lib.create_mesh() if mesh is None else mesh
@@ -464,7 +457,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
         initial_step = 0
         if is_main:
             parameter_overview.log_parameter_overview(state.params, include_stats=False)
-        writer.write_hparams(train_lib._flat_hparams(config))
+        writer.write_hparams(train_lib.flat_hparams(config))
     else:
         state, rng, initial_step = restored
         rng = np.asarray(jax.device_get(rng))
@@ -499,56 +492,33 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
             "label": make(batches_sharding, labels, (n_jitted, t.batch_size)),
         }
 
-    saved = {"step": initial_step if restored is not None else None}
+    def save(step, state):
+        ckpt.save(step, state, rng, iterators=iterators, config=config)
 
-    def save(step, wait=False):
-        if saved["step"] != step:
-            ckpt.save(step, state, rng, iterators=iterators, config=config)
-            saved["step"] = step
-        if wait:
-            ckpt.wait_until_finished()
-
-    pending = []  # (first step, device metrics) of dispatches not yet read back
-    window = []  # host metrics since the last log line
-    timer = {"start": time.time(), "side": 0.0, "steps": 0}
-
-    def drain(keep: int):
-        while len(pending) > keep:
-            first, metrics = pending.pop(0)
-            metrics = jax.device_get(metrics)
-            bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
-            if bad.size:
-                message = (
-                    f"Non-finite training loss at step {first + int(bad[0])}; training stopped. "
-                    f"Checkpoints on disk: {ckpt.all_steps()} (all finite)."
-                )
-                logging.error(message)
-                raise train_lib.NonFiniteLossError(message)
-            window.append(metrics)
-
-    def log_train(step):
+    def on_log(step, interval):
         scalars = {
-            f"train_{k}": float(np.mean(np.concatenate([m[k] for m in window])))
+            f"train_{k}": float(np.mean(interval.metrics[k]))
             for k in ("loss", "accuracy", "grad_norm")
         }
-        scalars["learning_rate"] = float(window[-1]["learning_rate"][-1])
-        elapsed = time.time() - timer["start"] - timer["side"]
-        scalars["steps_per_sec"] = timer["steps"] / max(elapsed, 1e-9)
+        scalars["learning_rate"] = float(interval.metrics["learning_rate"][-1])
+        if interval.steps_per_sec is None:
+            speed = f"first step incl. compilation {train_loop.format_duration(interval.seconds)}"
+        else:
+            scalars["steps_per_sec"] = interval.steps_per_sec
+            speed = f"{interval.steps_per_sec:.2f} steps/s"
         writer.write_scalars(step, scalars)
         logging.info(
-            "step %d/%d | loss %.4g | accuracy %.3f | lr %.3g | grad_norm %.3g | %.2f steps/s",
+            "step %d/%d | loss %.4g | accuracy %.3f | lr %.3g | grad_norm %.3g | %s",
             step,
             total_steps,
             scalars["train_loss"],
             scalars["train_accuracy"],
             scalars["learning_rate"],
             scalars["train_grad_norm"],
-            scalars["steps_per_sec"],
+            speed,
         )
-        window.clear()
-        timer.update(start=time.time(), side=0.0, steps=0)
 
-    def run_eval(step):
+    def on_eval(step, state):
         metrics = evaluate(state.ema_params, eval_rng)
         writer.write_scalars(step, metrics)
         bands = ", ".join(
@@ -562,43 +532,19 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
             bands,
         )
 
-    preemption = train_lib._PreemptionWatcher()
-    step = initial_step
     try:
-        if step >= total_steps:
-            logging.info("Training already finished at step %d (%s).", step, ckpt.directory)
-        while step < total_steps:
-            if preemption.reached():
-                drain(0)
-                save(step, wait=True)
-                logging.warning("Preempted: saved checkpoint %d; rerun to resume.", step)
-                return state
-            state, metrics = p_train_steps(state, global_batches(), train_rng)
-            pending.append((step, metrics))
-            step += n_jitted
-            timer["steps"] += n_jitted
-            drain(1)  # read the previous dispatch's metrics while this one runs
-
-            is_last = step == total_steps
-            is_log = step % t.log_freq == 0 or step == initial_step + n_jitted or is_last
-            is_eval = step % t.eval_freq == 0 or is_last
-            is_checkpoint = (
-                step % t.snapshot_freq == 0 or step % t.snapshot_freq_for_preemption == 0 or is_last
-            )
-            if not (is_log or is_eval or is_checkpoint):
-                continue
-            drain(0)
-            if is_log:
-                log_train(step)
-            side_start = time.time()
-            if is_eval:
-                run_eval(step)
-            if is_checkpoint:
-                save(step)
-            timer["side"] += time.time() - side_start
+        return train_loop.run(
+            state,
+            initial_step,
+            training=t,
+            total_steps=total_steps,
+            dispatch=lambda state: p_train_steps(state, global_batches(), train_rng),
+            ckpt=ckpt,
+            save=save,
+            saved_step=initial_step if restored is not None else None,
+            on_log=on_log,
+            on_eval=on_eval,
+            eval_at_end=True,
+        )
     finally:
-        preemption.close()
-        ckpt.wait_until_finished()
-        ckpt.close()
         writer.flush()
-    return state

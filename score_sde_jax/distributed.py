@@ -1,14 +1,16 @@
-"""Multi-process plumbing shared by the ``train``, ``sample`` and ``evaluate`` commands.
+"""Multi-process plumbing shared by every command: flags, `jax.distributed`, per-process logs.
 
 Every process of a multi-host job (a TPU pod slice, a SLURM allocation, several local
 processes) runs the same command; `initialize` connects them through JAX's own runtime
 (`jax.distributed`), and `to_host` gathers a global array back to NumPy on every process.
 """
 
+import logging as std_logging
 import os
 
 import jax
 import numpy as np
+from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
 
@@ -41,6 +43,53 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None) ->
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     elif launcher_detected():
         jax.distributed.initialize()
+
+
+def define_flags() -> None:
+    """Defines the multi-process flags every command takes (all three, or none for a launcher)."""
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+    flags.DEFINE_integer("process_id", None, "Index of this process (multi-process runs).")
+
+
+def initialize_from_flags() -> None:
+    """`initialize` from the flags of `define_flags`; a usage error when only some are given."""
+    f = flags.FLAGS
+    try:
+        initialize(f.coordinator_address, f.num_processes, f.process_id)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+
+
+class _QuietOrbax(std_logging.Filter):
+    """Drops orbax's INFO lines (a dozen per checkpoint) so that the progress lines stand out."""
+
+    def filter(self, record):
+        return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in (
+            record.pathname
+        )
+
+
+def log_to_workdir(workdir: str) -> None:
+    """Copies this process's log into ``workdir`` and logs its place in the run.
+
+    Like the original, the log goes to ``stdout.txt`` (process i > 0: ``stdout_i.txt``).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    suffix = "" if jax.process_index() == 0 else f"_{jax.process_index()}"
+    log_file = std_logging.FileHandler(os.path.join(workdir, f"stdout{suffix}.txt"))
+    log_file.setFormatter(logging.PythonFormatter())
+    std_logging.getLogger().addHandler(log_file)
+    for handler in (logging.get_absl_handler(), log_file):
+        handler.addFilter(_QuietOrbax())
+    logging.info(
+        "Process %d/%d, %d local / %d global devices: %s",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.devices(),
+    )
 
 
 def to_host(x) -> np.ndarray:

@@ -70,9 +70,7 @@ flags.DEFINE_string("solver", None, "ode: diffrax method (tsit5); sde: euler or 
 flags.DEFINE_float("rtol", 1e-5, "Relative tolerance of the adaptive ODE sampler.")
 flags.DEFINE_float("atol", 1e-5, "Absolute tolerance of the adaptive ODE sampler.")
 flags.DEFINE_bool("reproduce_original", False, "pc only: the original's batch-shared steps.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
-flags.DEFINE_integer("process_id", None, "Index of this process (multi-process runs).")
+distributed.define_flags()
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -97,7 +95,7 @@ def apply_overrides(config):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize_from_flags()
     try:
         config = apply_overrides(sample_lib.resolve_config(FLAGS.config, FLAGS.workdir))
     except (FileNotFoundError, ValueError) as error:

@@ -65,15 +65,13 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("seed", 0, "Sampling seed: sample i uses fold_in(PRNGKey(seed), i).")
 flags.DEFINE_string("output", None, "Output .npz (a .png grid is written next to it).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
-flags.DEFINE_integer("process_id", None, "Index of this process (multi-process runs).")
+distributed.define_flags()
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize_from_flags()
     spec = sample_lib.SamplerSpec(
         name=FLAGS.sampler,
         num_steps=FLAGS.num_steps,

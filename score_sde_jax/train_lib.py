@@ -11,8 +11,6 @@ the numbers an uninterrupted one draws.
 import functools
 import math
 import os
-import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +21,6 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, parameter_overview
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -36,6 +33,7 @@ from score_sde_jax import (
     sampling,
     score_fns,
     sde_lib,
+    train_loop,
     utils,
 )
 
@@ -43,8 +41,8 @@ from score_sde_jax import (
 _STEP_FREQUENCIES = ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training stopped because the loss became NaN or infinite."""
+# Raised by `train_and_evaluate`; defined with the loop that detects it.
+NonFiniteLossError = train_loop.NonFiniteLossError
 
 
 @flax.struct.dataclass
@@ -223,6 +221,17 @@ def train_step(
         (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
         loss, grads = jax.tree.map(lambda v: v / grad_accum_steps, (loss, grads))
 
+    new_state, lr = apply_update(
+        state, grads, optimizer=optimizer, learning_rate_fn=learning_rate_fn, ema_rate=ema_rate
+    )
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr}
+
+
+def apply_update(state: TrainState, grads, *, optimizer, learning_rate_fn, ema_rate):
+    """The update of ``grads`` and the EMA (facts §2.5–2.6) -> (new state, learning rate).
+
+    The optimizer yields the update direction; the learning rate of ``state.step`` scales it.
+    """
     lr = learning_rate_fn(state.step)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
@@ -232,7 +241,7 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
     )
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr}
+    return new_state, lr
 
 
 def train_steps(state: TrainState, batches: dict, rng: jax.Array, **step_kwargs):
@@ -254,45 +263,12 @@ def eval_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_fn: Callab
 # ----------------------------------------------------------------------------------------------
 
 
-class _PreemptionWatcher:
-    """Turns SIGTERM into a flag that the loop polls; all processes agree on it."""
-
-    def __init__(self):
-        self._flag = False
-        self._previous = None
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: preemption is left to the caller.
-            logging.warning("Not in the main thread: SIGTERM will not trigger a checkpoint.")
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        logging.warning("SIGTERM received: saving a checkpoint after the current step.")
-        self._flag = True
-
-    def reached(self) -> bool:
-        if jax.process_count() == 1:
-            return self._flag
-        return bool(np.any(multihost_utils.process_allgather(np.int32(self._flag))))
-
-    def close(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
 def _next_batches(iterator, num: int) -> np.ndarray:
     """``num`` consecutive per-process batches stacked to [num, per_process_batch, ...]."""
     return np.stack([np.asarray(next(iterator)["image"], np.float32) for _ in range(num)])
 
 
-def _flat_hparams(config) -> dict:
+def flat_hparams(config) -> dict:
     flat = {}
 
     def visit(prefix, node):
@@ -443,7 +419,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
         initial_step = 0
         if is_main:
             parameter_overview.log_parameter_overview(state.params, include_stats=False)
-        writer.write_hparams(_flat_hparams(config))
+        writer.write_hparams(flat_hparams(config))
     else:
         state, rng, initial_step = restored
         rng = np.asarray(jax.device_get(rng))
@@ -471,7 +447,6 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
         in_shardings=(replicated, batch_sharding, replicated),
         out_shardings=replicated,
     )
-    sampler = None
     num_snapshot = t.get("snapshot_batch_size", None) or t.batch_size
 
     def global_batches(iterator, num):
@@ -482,50 +457,19 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
             )
         }
 
-    saved = {"step": initial_step if restored is not None else None}
+    def save(step, state):
+        ckpt.save(step, state, rng, iterators=iterators, config=config)
 
-    def save(step, wait=False):
-        if saved["step"] != step:  # e.g. SIGTERM right after a periodic save
-            ckpt.save(step, state, rng, iterators=iterators, config=config)
-            saved["step"] = step
-        if wait:
-            ckpt.wait_until_finished()
-
-    # ---- Train loop. Metrics of a dispatch are read while the next one runs. ----
-    pending = []  # (first step of the dispatch, device metrics [n_jitted])
-    window = []  # host metrics since the last log line
-    timer = {"start": time.time(), "side": 0.0, "steps": 0}
-
-    def drain(keep: int):
-        while len(pending) > keep:
-            first, metrics = pending.pop(0)
-            metrics = jax.device_get(metrics)
-            bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
-            if bad.size:
-                bad_step = first + int(bad[0])
-                message = (
-                    f"Non-finite training loss ({metrics['loss'][bad[0]]}) at step {bad_step}; "
-                    f"training stopped. Checkpoints on disk: {ckpt.all_steps()} (all finite)."
-                )
-                logging.error(message)
-                raise NonFiniteLossError(message)
-            window.append(metrics)
-
-    def log_train(step):
-        elapsed = time.time() - timer["start"] - timer["side"]
-        steps_per_sec = timer["steps"] / max(elapsed, 1e-9)
-        scalars = {
-            f"train_{k}": float(np.mean(np.concatenate([m[k] for m in window])))
-            for k in ("loss", "grad_norm")
-        }
-        scalars["learning_rate"] = float(window[-1]["learning_rate"][-1])
-        if step == initial_step + n_jitted:  # the first dispatch also compiled the step
-            speed = f"first step incl. compilation {_format_duration(elapsed)}"
+    def on_log(step, interval):
+        scalars = {f"train_{k}": float(np.mean(interval.metrics[k])) for k in ("loss", "grad_norm")}
+        scalars["learning_rate"] = float(interval.metrics["learning_rate"][-1])
+        if interval.steps_per_sec is None:
+            speed = f"first step incl. compilation {train_loop.format_duration(interval.seconds)}"
         else:
-            scalars["steps_per_sec"] = steps_per_sec
-            scalars["examples_per_sec"] = steps_per_sec * t.batch_size
-            eta = (total_steps - step) / max(steps_per_sec, 1e-9)
-            speed = f"{steps_per_sec:.2f} steps/s | ETA {_format_duration(eta)}"
+            scalars["steps_per_sec"] = interval.steps_per_sec
+            scalars["examples_per_sec"] = interval.steps_per_sec * t.batch_size
+            eta = (total_steps - step) / max(interval.steps_per_sec, 1e-9)
+            speed = f"{interval.steps_per_sec:.2f} steps/s | ETA {train_loop.format_duration(eta)}"
         writer.write_scalars(step, scalars)
         logging.info(
             "step %d/%d (%.1f%%) | loss %.5g | lr %.3g | grad_norm %.3g | %s",
@@ -537,63 +481,44 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
             scalars["train_grad_norm"],
             speed,
         )
-        window.clear()
-        timer.update(start=time.time(), side=0.0, steps=0)
 
-    preemption = _PreemptionWatcher()
-    step = initial_step
+    def on_eval(step, state):
+        local = np.asarray(next(eval_iter)["image"], np.float32)
+        eval_batch = {"image": jax.make_array_from_process_local_data(batch_sharding, local)}
+        loss = p_eval_step(state, eval_batch, jax.random.fold_in(eval_rng, step))
+        writer.write_scalars(step, {"eval_loss": float(loss["loss"])})
+
+    sampler = None
+
+    def on_snapshot(step, state):
+        nonlocal sampler
+        if sampler is None:
+            sampler = _sharded_sampler(
+                create_snapshot_sampler(config, sde, model, (num_snapshot, *shape)),
+                batch_sharding if num_snapshot % num_devices == 0 else replicated,
+            )
+        samples = distributed.to_host(
+            sampler(jax.random.fold_in(sample_rng, step), state.ema_params)
+        )
+        if is_main:
+            _write_snapshot(config, samples, step, workdir, writer)
+
     try:
-        if step >= total_steps:
-            logging.info("Training already finished at step %d (%s).", step, ckpt.directory)
-        while step < total_steps:
-            if preemption.reached():
-                drain(0)
-                save(step, wait=True)
-                logging.warning(
-                    "Preempted: saved checkpoint %d; run the same command again to resume.", step
-                )
-                return state
-            state, metrics = p_train_steps(state, global_batches(train_iter, n_jitted), train_rng)
-            pending.append((step, metrics))
-            step += n_jitted
-            timer["steps"] += n_jitted
-            drain(1)
-
-            is_last = step == total_steps
-            is_snapshot = step % t.snapshot_freq == 0 or is_last
-            is_checkpoint = is_snapshot or step % t.snapshot_freq_for_preemption == 0
-            is_log = step % t.log_freq == 0 or step == initial_step + n_jitted or is_last
-            is_eval = step % t.eval_freq == 0
-            if not (is_log or is_eval or is_checkpoint):
-                continue
-            drain(0)
-            if is_log:
-                log_train(step)
-            side_start = time.time()
-            if is_eval:
-                local = np.asarray(next(eval_iter)["image"], np.float32)
-                eval_batch = {
-                    "image": jax.make_array_from_process_local_data(batch_sharding, local)
-                }
-                loss = p_eval_step(state, eval_batch, jax.random.fold_in(eval_rng, step))
-                writer.write_scalars(step, {"eval_loss": float(loss["loss"])})
-            if is_checkpoint:
-                save(step)
-            if is_snapshot and t.snapshot_sampling:
-                if sampler is None:
-                    sampler = _sharded_sampler(
-                        create_snapshot_sampler(config, sde, model, (num_snapshot, *shape)),
-                        batch_sharding if num_snapshot % num_devices == 0 else replicated,
-                    )
-                samples = sampler(jax.random.fold_in(sample_rng, step), state.ema_params)
-                samples = distributed.to_host(samples)
-                if is_main:
-                    _write_snapshot(config, samples, step, workdir, writer)
-            timer["side"] += time.time() - side_start
-        drain(0)
+        return train_loop.run(
+            state,
+            initial_step,
+            training=t,
+            total_steps=total_steps,
+            dispatch=lambda state: p_train_steps(
+                state, global_batches(train_iter, n_jitted), train_rng
+            ),
+            ckpt=ckpt,
+            save=save,
+            saved_step=initial_step if restored is not None else None,
+            on_log=on_log,
+            on_eval=on_eval,
+            eval_at_end=False,
+            on_snapshot=on_snapshot if t.snapshot_sampling else None,
+        )
     finally:
-        preemption.close()
-        ckpt.wait_until_finished()
-        ckpt.close()
         writer.flush()
-    return state
