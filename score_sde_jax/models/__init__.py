@@ -7,6 +7,8 @@
 
 import importlib
 
+import jax.numpy as jnp
+
 from score_sde_jax import score_fns
 
 # model name -> module that defines and registers it; imported lazily so that building one
@@ -39,8 +41,26 @@ def get_model(config):
     name = config.model.name
     if name not in _MODEL_MODULES:
         raise ValueError(f"Unknown model {name!r}; valid names: {sorted(_MODEL_MODULES)}.")
+    _check_knobs(config.model, name)
     importlib.import_module(f"{__name__}.{_MODEL_MODULES[name]}")
     return _MODELS[name].from_config(config)
+
+
+# Memory knobs (not original keys): their "off" value and the networks that have them.
+_KNOBS = {"dtype": ("float32", ("ncsnpp",)), "remat": (False, ("ncsnpp", "ddpm"))}
+
+
+def _check_knobs(model_config, name):
+    """A knob set on a network without it would be silently ignored: refuse it instead."""
+    for knob, (off, networks) in _KNOBS.items():
+        value = model_config.get(knob, off)
+        if knob == "dtype":
+            value = str(jnp.dtype(value))
+        if value != off and name not in networks:
+            raise ValueError(
+                f"model.{knob}={value!r} is available for model.name in {list(networks)}, not "
+                f"{name!r}; remove the override (or set it to {off!r})."
+            )
 
 
 def get_model_fn(model):

@@ -15,7 +15,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from score_sde_jax.models import register_model
+from score_sde_jax.models import layerspp, register_model
 from score_sde_jax.models.layers import (
     ddpm_conv3x3,
     default_init,
@@ -45,6 +45,9 @@ class DDPM(nn.Module):
       nonlinearity: activation name (`layers.get_act`).
       normalization: normalization name (`normalization.get_normalization`), 'GroupNorm' in
         every original config.
+      remat: recompute each residual and attention block's activations in the backward pass
+        (``config.model.remat``, not an original key; `layerspp.rematerialized`). The parameter
+        tree is the same either way.
     """
 
     nf: int = 128
@@ -61,6 +64,7 @@ class DDPM(nn.Module):
     num_scales: int = 1000
     nonlinearity: str = "swish"
     normalization: str = "GroupNorm"
+    remat: bool = False
 
     @classmethod
     def from_config(cls, config):
@@ -81,6 +85,7 @@ class DDPM(nn.Module):
             num_scales=m.num_scales,
             nonlinearity=m.nonlinearity,
             normalization=m.normalization,
+            remat=m.get("remat", False),
         )
 
     def _check(self):
@@ -104,9 +109,13 @@ class DDPM(nn.Module):
         self._check()
         act = get_act(self.nonlinearity)
         normalize = get_normalization(self.normalization)
-        attn_block = functools.partial(AttnBlock, normalize=normalize)
+        attn_cls, resnet_cls = AttnBlock, ResnetBlockDDPM
+        if self.remat:  # `train` (argument 3 of the block's call) selects Python control flow
+            attn_cls = layerspp.rematerialized(AttnBlock)
+            resnet_cls = layerspp.rematerialized(ResnetBlockDDPM, static_argnums=(3,))
+        attn_block = functools.partial(attn_cls, normalize=normalize)
         resnet_block = functools.partial(
-            ResnetBlockDDPM, act=act, normalize=normalize, dropout=self.dropout
+            resnet_cls, act=act, normalize=normalize, dropout=self.dropout
         )
         num_resolutions = len(self.ch_mult)
 
