@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
 from configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
-from score_sde_jax import input_pipeline, losses, models, sde_lib, train_lib  # noqa: E402
+from score_sde_jax import input_pipeline, models, sde_lib, train_lib  # noqa: E402
 from score_sde_jax.configs import digits  # noqa: E402
 
 CONFIGS = {
@@ -59,17 +59,9 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 def measure(config, batch: int, grad_accum_steps: int, compiler_options: dict) -> dict:
     """Compile-only memory analysis of one `train_lib.train_step` on a batch of ``batch``."""
-    t = config.training
     model = models.get_model(config)
     optimizer = train_lib.create_optimizer(config)
-    loss_fn = losses.get_loss_fn(
-        sde_lib.get_sde(config),
-        train_lib.create_model_fn(model),
-        continuous=t.continuous,
-        reduce_mean=t.reduce_mean,
-        likelihood_weighting=t.likelihood_weighting,
-        train=True,
-    )
+    loss_fn = train_lib.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
     rng = jax.random.PRNGKey(0)
     state = jax.eval_shape(
         lambda key: train_lib.create_train_state(config, model, key, optimizer), rng

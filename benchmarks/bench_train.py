@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
 from configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
-from score_sde_jax import input_pipeline, losses, models, sde_lib, train_lib  # noqa: E402
+from score_sde_jax import input_pipeline, models, sde_lib, train_lib  # noqa: E402
 from score_sde_jax.configs import digits  # noqa: E402
 
 CASES = {
@@ -69,14 +69,7 @@ def bench(config, dispatches: int) -> dict:
     model = models.get_model(config)
     sde = sde_lib.get_sde(config)
     optimizer = train_lib.create_optimizer(config)
-    loss_fn = losses.get_loss_fn(
-        sde,
-        train_lib.create_model_fn(model),
-        continuous=t.continuous,
-        reduce_mean=t.reduce_mean,
-        likelihood_weighting=t.likelihood_weighting,
-        train=True,
-    )
+    loss_fn = train_lib.create_loss_fn(config, sde, model, train=True)
     state = jax.device_put(random_train_state(config, model, optimizer), replicated)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     step_fn = jax.jit(

@@ -80,7 +80,6 @@ from score_sde_jax import (
     distributed,
     input_pipeline,
     likelihood,
-    losses,
     models,
     sample_lib,
     sde_lib,
@@ -350,17 +349,9 @@ class Evaluator:
         self.split = NamedSharding(mesh, P("data"))
         self.replicated = NamedSharding(mesh, P())
         self.sde = sde_lib.get_sde(config)
-        self.model_fn = train_lib.create_model_fn(models.get_model(config))
-        t = config.training
-        loss_fn = losses.get_loss_fn(
-            self.sde,
-            self.model_fn,
-            continuous=t.continuous,
-            reduce_mean=t.reduce_mean,
-            likelihood_weighting=t.likelihood_weighting,
-            train=False,
-            per_example=True,
-        )
+        model = models.get_model(config)
+        self.model_fn = models.get_model_fn(model)
+        loss_fn = train_lib.create_loss_fn(config, self.sde, model, train=False, per_example=True)
         self._loss_fn = jax.jit(
             loss_fn,
             in_shardings=(self.replicated, self.replicated, self.split),

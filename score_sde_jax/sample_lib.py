@@ -363,7 +363,7 @@ def get_sampler(config, spec: SamplerSpec, batch_size: int):
     config = _sampling_config(config, dataclasses.replace(spec, name=name))
     sde = sde_lib.get_sde(config)
     eps = sde_lib.get_sampling_eps(config)
-    model_fn = train_lib.create_model_fn(models.get_model(config))
+    model_fn = models.get_model_fn(models.get_model(config))
     if name == "pc":
         score_fn = score_fns.get_score_fn(sde, model_fn, continuous=config.training.continuous)
     else:

@@ -144,15 +144,22 @@ def create_optimizer(config) -> optax.GradientTransformation:
     return optax.chain(*chain)
 
 
-def create_model_fn(model) -> Callable:
-    """``model_fn(params, x, labels, rng)``: train mode with dropout key ``rng``, eval if None."""
+def create_loss_fn(config, sde, model, *, train: bool, per_example: bool = False) -> Callable:
+    """The config's loss ``loss_fn(params, rng, x)`` (facts §2.1–2.4; see `losses.get_loss_fn`).
 
-    def model_fn(params, x, labels, rng):
-        if rng is None:
-            return model.apply({"params": params}, x, labels, train=False)
-        return model.apply({"params": params}, x, labels, train=True, rngs={"dropout": rng})
-
-    return model_fn
+    ``training.continuous``, ``reduce_mean`` and ``likelihood_weighting`` choose it; ``train``
+    turns dropout on.
+    """
+    t = config.training
+    return losses.get_loss_fn(
+        sde,
+        models.get_model_fn(model),
+        continuous=t.continuous,
+        reduce_mean=t.reduce_mean,
+        likelihood_weighting=t.likelihood_weighting,
+        train=train,
+        per_example=per_example,
+    )
 
 
 def create_train_state(config, model, rng, optimizer) -> TrainState:
@@ -287,8 +294,7 @@ def flat_hparams(config) -> dict:
 
 def create_snapshot_sampler(config, sde, model, shape):
     """The config's sampler ``sample(rng, params) -> (x, nfe)`` for snapshot grids (facts §3.5)."""
-    model_fn = create_model_fn(model)
-    score_fn = score_fns.get_score_fn(sde, model_fn, continuous=config.training.continuous)
+    score_fn = models.get_score_fn(sde, model, continuous=config.training.continuous)
     s = config.sampling
     eps = sde_lib.get_sampling_eps(config)
     method = s.method.lower()
@@ -387,14 +393,8 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     # ---- Model, SDE, losses, optimizer. ----
     model = models.get_model(config)
     sde = sde_lib.get_sde(config)
-    model_fn = create_model_fn(model)
-    loss_kwargs = dict(
-        continuous=t.continuous,
-        reduce_mean=t.reduce_mean,
-        likelihood_weighting=t.likelihood_weighting,
-    )
-    train_loss_fn = losses.get_loss_fn(sde, model_fn, train=True, **loss_kwargs)
-    eval_loss_fn = losses.get_loss_fn(sde, model_fn, train=False, **loss_kwargs)
+    train_loss_fn = create_loss_fn(config, sde, model, train=True)
+    eval_loss_fn = create_loss_fn(config, sde, model, train=False)
     optimizer = create_optimizer(config)
 
     # The base key lives on the host: every key is derived from it inside jitted functions, so it

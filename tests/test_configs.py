@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 from conftest import REPO_ROOT, shared_dir
 from PIL import Image
 
-from score_sde_jax import input_pipeline, losses, models, score_fns, sde_lib, train_lib
+from score_sde_jax import input_pipeline, models, score_fns, sde_lib, train_lib
 
 CONFIG_DIR = REPO_ROOT / "configs"
 # The original's score-model experiments, by SDE (configs/classifier holds the noise-conditional
@@ -331,15 +331,7 @@ def init_and_train_step(config):
     """``f(rng, images, ema_rate) -> (initial params, state after one update, metrics)``."""
     model = models.get_model(config)
     sde = sde_lib.get_sde(config)
-    t = config.training
-    loss_fn = losses.get_loss_fn(
-        sde,
-        train_lib.create_model_fn(model),
-        continuous=t.continuous,
-        reduce_mean=t.reduce_mean,
-        likelihood_weighting=t.likelihood_weighting,
-        train=True,
-    )
+    loss_fn = train_lib.create_loss_fn(config, sde, model, train=True)
     optimizer = train_lib.create_optimizer(config)
 
     def run(rng, images, ema_rate):

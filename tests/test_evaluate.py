@@ -76,7 +76,7 @@ def report(config, workdir):
 def network(config, workdir):
     params = sample_lib.load_checkpoint_params(config, workdir=workdir, checkpoint=2).params
     sde = sde_lib.get_sde(config)
-    return params, sde, train_lib.create_model_fn(models.get_model(config))
+    return params, sde, models.get_model_fn(models.get_model(config))
 
 
 def _key(seed, *indices):
