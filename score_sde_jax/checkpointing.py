@@ -228,3 +228,9 @@ class CheckpointManager:
 
     def close(self):
         self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()

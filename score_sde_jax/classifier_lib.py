@@ -368,11 +368,8 @@ def restore_params(config, workdir: str):
     abstract = jax.eval_shape(
         functools.partial(create_train_state, config, classifier, optimizer=optimizer), rng
     )
-    ckpt = checkpointing.CheckpointManager(directory)
-    try:
+    with checkpointing.CheckpointManager(directory) as ckpt:
         restored = ckpt.restore_latest(abstract, rng)
-    finally:
-        ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"No classifier checkpoints in {directory}; train one first.")
     state, _, step = restored
@@ -452,7 +449,11 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
         keep_period=t.snapshot_freq,
     )
     iterators = {checkpointing.TRAIN_ITER: train_iter}
-    restored = ckpt.restore_latest(state, rng, iterators=iterators)
+    try:
+        restored = ckpt.restore_latest(state, rng, iterators=iterators)
+    except BaseException:  # e.g. no checkpoint fits this config: nothing to train from
+        ckpt.close()
+        raise
     if restored is None:
         initial_step = 0
         if is_main:

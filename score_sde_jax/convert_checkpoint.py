@@ -57,30 +57,31 @@ def convert(config, input_path: str, workdir: str, fmt: str = "auto") -> int:
     """
     if fmt not in FORMATS:
         raise ValueError(f"Unknown format {fmt!r}; valid: {', '.join(FORMATS)}.")
-    manager = checkpointing.CheckpointManager(
+    with checkpointing.CheckpointManager(
         os.path.join(workdir, "checkpoints"), max_to_keep=None, async_save=False
-    )
-    if manager.all_steps():
-        raise ValueError(
-            f"{manager.directory} already holds checkpoints {manager.all_steps()}; convert into "
-            "a new workdir."
+    ) as manager:
+        if manager.all_steps():
+            raise ValueError(
+                f"{manager.directory} already holds checkpoints {manager.all_steps()}; convert into "
+                "a new workdir."
+            )
+        ema_params, step = _load(input_path, config, fmt, use_ema=True)
+        try:
+            params, _ = _load(input_path, config, fmt, use_ema=False)
+        except checkpoints.CheckpointError as e:
+            logging.warning(
+                "No raw weights in %s (%s); using the EMA weights for both.", input_path, e
+            )
+            params = ema_params
+        step = int(step or 0)
+        optimizer = train_lib.create_optimizer(config)
+        state = train_lib.TrainState(
+            step=jnp.asarray(step, jnp.int32),
+            params=params,
+            ema_params=ema_params,
+            opt_state=optimizer.init(params),
         )
-    ema_params, step = _load(input_path, config, fmt, use_ema=True)
-    try:
-        params, _ = _load(input_path, config, fmt, use_ema=False)
-    except checkpoints.CheckpointError as e:
-        logging.warning("No raw weights in %s (%s); using the EMA weights for both.", input_path, e)
-        params = ema_params
-    step = int(step or 0)
-    optimizer = train_lib.create_optimizer(config)
-    state = train_lib.TrainState(
-        step=jnp.asarray(step, jnp.int32),
-        params=params,
-        ema_params=ema_params,
-        opt_state=optimizer.init(params),
-    )
-    manager.save(step, state, jax.random.PRNGKey(config.seed), config=config, wait=True)
-    manager.close()
+        manager.save(step, state, jax.random.PRNGKey(config.seed), config=config, wait=True)
     logging.info("Wrote checkpoint %d to %s.", step, manager.directory)
     return step
 

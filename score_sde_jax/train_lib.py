@@ -414,7 +414,11 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     )
     iterators = {checkpointing.TRAIN_ITER: train_iter, checkpointing.EVAL_ITER: eval_iter}
     iterators = {k: v for k, v in iterators.items() if hasattr(v, "get_state")}
-    restored = ckpt.restore_latest(state, rng, iterators=iterators)
+    try:
+        restored = ckpt.restore_latest(state, rng, iterators=iterators)
+    except BaseException:  # e.g. no checkpoint fits this config: nothing to train from
+        ckpt.close()
+        raise
     if restored is None:
         initial_step = 0
         if is_main:

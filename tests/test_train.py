@@ -223,8 +223,6 @@ def test_nan_loss_stops_training_and_checkpoints_stay_finite(tmp_path, monkeypat
     config.eval.batch_size = 32
     with pytest.raises(train_lib.NonFiniteLossError, match="at step 23"):
         train_lib.train_and_evaluate(config, str(tmp_path))
-    manager = checkpointing.CheckpointManager(tmp_path / "checkpoints")
-    assert manager.all_steps() == [10, 20]
     template = jax.eval_shape(
         lambda: train_lib.create_train_state(
             config,
@@ -233,27 +231,29 @@ def test_nan_loss_stops_training_and_checkpoints_stay_finite(tmp_path, monkeypat
             train_lib.create_optimizer(config),
         )
     )
-    state, _, step = manager.restore_latest(template, jax.random.PRNGKey(0))
+    with checkpointing.CheckpointManager(tmp_path / "checkpoints") as manager:
+        assert manager.all_steps() == [10, 20]
+        state, _, step = manager.restore_latest(template, jax.random.PRNGKey(0))
     assert step == 20 and int(state.step) == 20 and checkpointing.all_finite(state)
 
 
 def test_checkpoint_manager_refuses_non_finite_state(tmp_path):
-    manager = checkpointing.CheckpointManager(tmp_path, async_save=False)
     state = {"w": jnp.array([1.0, jnp.nan])}
-    with pytest.raises(checkpointing.NonFiniteStateError, match="checkpoint 3"):
-        manager.save(3, state, jax.random.PRNGKey(0))
-    assert manager.all_steps() == []
+    with checkpointing.CheckpointManager(tmp_path, async_save=False) as manager:
+        with pytest.raises(checkpointing.NonFiniteStateError, match="checkpoint 3"):
+            manager.save(3, state, jax.random.PRNGKey(0))
+        assert manager.all_steps() == []
 
 
 def test_restore_raises_and_renames_nothing_when_no_checkpoint_fits(tmp_path):
-    manager = checkpointing.CheckpointManager(tmp_path, async_save=False)
     rng = np.asarray(jax.random.PRNGKey(0))
-    for step in (1, 2):
-        manager.save(step, {"w": jnp.ones(3)}, rng)
-    with pytest.raises(RuntimeError, match=r"None of the checkpoints \[1, 2\]"):
-        manager.restore_latest({"w": jnp.ones((2, 2))}, rng)
-    assert manager.all_steps() == [1, 2]
-    state, _, step = manager.restore_latest({"w": jnp.zeros(3)}, rng)
+    with checkpointing.CheckpointManager(tmp_path, async_save=False) as manager:
+        for step in (1, 2):
+            manager.save(step, {"w": jnp.ones(3)}, rng)
+        with pytest.raises(RuntimeError, match=r"None of the checkpoints \[1, 2\]"):
+            manager.restore_latest({"w": jnp.ones((2, 2))}, rng)
+        assert manager.all_steps() == [1, 2]
+        state, _, step = manager.restore_latest({"w": jnp.zeros(3)}, rng)
     assert step == 2 and np.asarray(state["w"]).tolist() == [1.0, 1.0, 1.0]
 
 

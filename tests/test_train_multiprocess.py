@@ -83,9 +83,8 @@ def _restore(workdir, config):
             train_lib.create_optimizer(config),
         )
     )
-    manager = checkpointing.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    state, _, step = manager.restore_latest(template, jax.random.PRNGKey(0))
-    manager.close()
+    with checkpointing.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+        state, _, step = manager.restore_latest(template, jax.random.PRNGKey(0))
     return state, step
 
 
@@ -146,7 +145,8 @@ def _run_and_signal(workdir, sig):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_killed_run_resumes_bitwise_exactly(reference, tmp_path, sig):
     returncode, output = _run_and_signal(tmp_path, sig)
-    steps = checkpointing.CheckpointManager(tmp_path / "checkpoints").all_steps()
+    with checkpointing.CheckpointManager(tmp_path / "checkpoints") as manager:
+        steps = manager.all_steps()
     if sig == signal.SIGTERM:
         # A clean exit with a checkpoint of the step reached, which need not be a multiple of 10.
         assert returncode == 0, output[-3000:]
