@@ -18,7 +18,6 @@ XLA's LLVM code generation is skipped unless ``--full_compile`` (``xla_backend_o
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -126,11 +125,7 @@ def main():
                 rows[variant]["peak_vs_baseline"] = round(rows[variant]["peak_bytes"] / base, 3)
             print(f"{name}/{variant}: {rows[variant]}", file=sys.stderr, flush=True)
         results["configs"][name] = {"per_device_batch": batch, "variants": rows}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    common.emit(results, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Usage: python benchmarks/bench_networks.py [--repeats 3] [--cases a,b] [--dtype 
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -225,11 +224,7 @@ def main():
         )
         print(f"# {name} done", file=sys.stderr, flush=True)
     report["machine"]["load_avg_after"] = os.getloadavg()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    common.emit(report, args.out)
 
 
 if __name__ == "__main__":

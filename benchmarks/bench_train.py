@@ -17,7 +17,6 @@ jit-compiling the initialiser alone takes minutes on XLA:CPU.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -154,11 +153,7 @@ def main():
             config.training.grad_accum_steps = args.grad_accum
         results["cases"][name] = bench(config, args.dispatches)
         print(f"{name}: {results['cases'][name]}", file=sys.stderr, flush=True)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    common.emit(results, args.out)
 
 
 if __name__ == "__main__":

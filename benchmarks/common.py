@@ -6,6 +6,7 @@ counts the body of a while loop (``lax.scan``, ``lax.while_loop``) once, whateve
 count, so callers that dispatch several steps in one scan get the FLOPs of one step.
 """
 
+import json
 import os
 import platform
 
@@ -118,3 +119,12 @@ def machine_info() -> dict:
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+
+
+def emit(report: dict, out: str | None) -> None:
+    """Prints ``report`` as JSON on stdout and, if ``out`` is given, writes it there too."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, parameter_overview
+from clu import metric_writers
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -443,26 +443,10 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
         out_shardings=replicated,
     )(init_rng)
 
-    ckpt = checkpointing.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=t.get("max_to_keep", 2),
-        keep_period=t.snapshot_freq,
-    )
     iterators = {checkpointing.TRAIN_ITER: train_iter}
-    try:
-        restored = ckpt.restore_latest(state, rng, iterators=iterators)
-    except BaseException:  # e.g. no checkpoint fits this config: nothing to train from
-        ckpt.close()
-        raise
-    if restored is None:
-        initial_step = 0
-        if is_main:
-            parameter_overview.log_parameter_overview(state.params, include_stats=False)
-        writer.write_hparams(train_lib.flat_hparams(config))
-    else:
-        state, rng, initial_step = restored
-        rng = np.asarray(jax.device_get(rng))
-        logging.info("Resumed from checkpoint %d in %s.", initial_step, ckpt.directory)
+    ckpt, state, rng, initial_step, resumed = train_lib.open_checkpoints(
+        config, workdir, state, rng, iterators, writer
+    )
     train_rng, eval_rng = jax.random.fold_in(rng, 1), jax.random.fold_in(rng, 2)
 
     p_train_steps = jax.jit(
@@ -542,7 +526,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
             dispatch=lambda state: p_train_steps(state, global_batches(), train_rng),
             ckpt=ckpt,
             save=save,
-            saved_step=initial_step if restored is not None else None,
+            saved_step=initial_step if resumed else None,
             on_log=on_log,
             on_eval=on_eval,
             eval_at_end=True,

@@ -275,7 +275,7 @@ def _next_batches(iterator, num: int) -> np.ndarray:
     return np.stack([np.asarray(next(iterator)["image"], np.float32) for _ in range(num)])
 
 
-def flat_hparams(config) -> dict:
+def _flat_hparams(config) -> dict:
     flat = {}
 
     def visit(prefix, node):
@@ -340,6 +340,36 @@ def _write_snapshot(config, samples, step, workdir, writer):
 # ----------------------------------------------------------------------------------------------
 # The driver.
 # ----------------------------------------------------------------------------------------------
+
+
+def open_checkpoints(config, workdir: str, state, rng, iterators: dict, writer):
+    """Opens ``workdir/checkpoints`` and restores its newest readable checkpoint, if any.
+
+    A new run logs the parameter overview and writes the config as hyperparameters instead.
+
+    Returns:
+      ``(manager, state, host rng, step, resumed)``; the caller closes the manager (the training
+      loop does), except when this raises (no checkpoint fits the config), where it is closed here.
+    """
+    t = config.training
+    ckpt = checkpointing.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=t.get("max_to_keep", 2),
+        keep_period=t.snapshot_freq,
+    )
+    try:
+        restored = ckpt.restore_latest(state, rng, iterators=iterators)
+    except BaseException:
+        ckpt.close()
+        raise
+    if restored is None:
+        if jax.process_index() == 0:
+            parameter_overview.log_parameter_overview(state.params, include_stats=False)
+        writer.write_hparams(_flat_hparams(config))
+        return ckpt, state, rng, 0, False
+    state, rng, step = restored
+    logging.info("Resumed from checkpoint %d in %s.", step, ckpt.directory)
+    return ckpt, state, np.asarray(jax.device_get(rng)), step, True
 
 
 def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> TrainState:
@@ -407,27 +437,11 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     )(init_rng)
 
     # ---- Restore the newest readable checkpoint, if any. ----
-    ckpt = checkpointing.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=t.get("max_to_keep", 2),
-        keep_period=t.snapshot_freq,
-    )
     iterators = {checkpointing.TRAIN_ITER: train_iter, checkpointing.EVAL_ITER: eval_iter}
     iterators = {k: v for k, v in iterators.items() if hasattr(v, "get_state")}
-    try:
-        restored = ckpt.restore_latest(state, rng, iterators=iterators)
-    except BaseException:  # e.g. no checkpoint fits this config: nothing to train from
-        ckpt.close()
-        raise
-    if restored is None:
-        initial_step = 0
-        if is_main:
-            parameter_overview.log_parameter_overview(state.params, include_stats=False)
-        writer.write_hparams(flat_hparams(config))
-    else:
-        state, rng, initial_step = restored
-        rng = np.asarray(jax.device_get(rng))
-        logging.info("Resumed from checkpoint %d in %s.", initial_step, ckpt.directory)
+    ckpt, state, rng, initial_step, resumed = open_checkpoints(
+        config, workdir, state, rng, iterators, writer
+    )
     train_rng = jax.random.fold_in(rng, 1)
     eval_rng = jax.random.fold_in(rng, 2)
     sample_rng = jax.random.fold_in(rng, 3)
@@ -518,7 +532,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
             ),
             ckpt=ckpt,
             save=save,
-            saved_step=initial_step if restored is not None else None,
+            saved_step=initial_step if resumed else None,
             on_log=on_log,
             on_eval=on_eval,
             eval_at_end=False,
