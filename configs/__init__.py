@@ -1,1 +1,4 @@
-"""Experiment configs with the original score_sde key layout (facts §7); each exposes get_config()."""
+"""Experiment configs with the original score_sde key layout; each exposes get_config().
+
+See docs/configs.md.
+"""

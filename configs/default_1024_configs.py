@@ -1,9 +1,10 @@
-"""Defaults of the 1024 x 1024 FFHQ and CelebA-HQ NCSN++ configs (facts §7.3, §7.4).
+"""Defaults of the 1024 x 1024 FFHQ and CelebA-HQ NCSN++ configs (docs/configs.md).
 
 The original has no such defaults: its two 1024 px configs were stand-alone PyTorch-port files
 that import torch and lack ``training.n_jitted_steps``, ``eval.enable_*`` and
-``eval.bpd_dataset`` (facts §11.14). Here they share these defaults, built from the LSUN ones;
-the values the two original files set are kept, and the keys they lacked get the values below.
+``eval.bpd_dataset`` (docs/original_code.md, D14). Here they share these defaults, built from the
+LSUN ones; the values the two original files set are kept, and the keys they lacked get the values
+below.
 """
 
 import ml_collections
@@ -18,7 +19,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     training = config.training
     training.batch_size = 8
-    # Missing in the original; 1, the README's choice when memory is short (facts §10.3, §10.4).
+    # Missing in the original; 1, the original README's choice when memory is short.
     training.n_jitted_steps = 1
 
     config.sampling.snr = 0.15
@@ -39,5 +40,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.tfrecords_path = config_dict.placeholder(str)
     data.path = config_dict.placeholder(str)
 
-    config.model.sigma_max = 1348.0  # largest pairwise distance of the 1024 px images (§7.4)
+    # Largest pairwise distance of the 1024 px images (docs/configs.md).
+    config.model.sigma_max = 1348.0
     return config

@@ -1,4 +1,4 @@
-"""Defaults shared by the CelebA 64 x 64 experiment configs (facts §7.1).
+"""Defaults shared by the CelebA 64 x 64 experiment configs (docs/configs.md).
 
 The original's CelebA defaults differ from the CIFAR-10 ones only in the values set below, so they
 start from `default_cifar10_configs` (which also carries the keys this project adds).
@@ -10,7 +10,7 @@ from configs import default_cifar10_configs
 
 
 def get_default_configs() -> ml_collections.ConfigDict:
-    """The CelebA defaults (facts §7.1); no SDE, sampler or network is chosen here."""
+    """The CelebA defaults (docs/configs.md); no SDE, sampler or network is chosen here."""
     config = default_cifar10_configs.get_default_configs()
 
     config.sampling.snr = 0.17
@@ -22,8 +22,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     data = config.data
     data.dataset = "CELEBA"
-    data.image_size = 64  # central 140 x 140 crop resized to 64 (facts §8.4)
+    # Central 140 x 140 crop resized to 64 (docs/original_code.md#training-evaluation-and-data).
+    data.image_size = 64
 
-    # σ_max = largest pairwise distance of CelebA-64 training images in [0, 1] (facts §7.4).
+    # σ_max = largest pairwise distance of CelebA-64 training images in [0, 1] (docs/configs.md).
     config.model.sigma_max = 90.0
     return config

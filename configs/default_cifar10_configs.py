@@ -1,4 +1,4 @@
-"""Defaults shared by every CIFAR-10 experiment config (facts §7.1).
+"""Defaults shared by every CIFAR-10 experiment config (docs/configs.md).
 
 Keys and values are the original's. Experiment configs (``configs/<sde>/cifar10_*.py``) start
 from `get_default_configs()` and set the SDE, sampler and network. Keys the original lacks are
@@ -10,12 +10,13 @@ from ml_collections import config_dict
 
 
 def get_default_configs() -> ml_collections.ConfigDict:
-    """The CIFAR-10 defaults (facts §7.1); no SDE, sampler or network is chosen here."""
+    """The CIFAR-10 defaults (docs/configs.md); no SDE, sampler or network is chosen here."""
     config = ml_collections.ConfigDict()
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128  # global batch, split over all devices of all processes
-    training.n_iters = 1300001  # rounded up to a multiple of n_jitted_steps (facts §11.16)
+    # Rounded up to a multiple of n_jitted_steps (docs/original_code.md, D16).
+    training.n_iters = 1300001
     training.snapshot_freq = 50000  # kept checkpoint + snapshot samples every this many steps
     training.log_freq = 50
     training.eval_freq = 100

@@ -1,4 +1,4 @@
-"""Defaults shared by the 256 x 256 LSUN / FFHQ / CelebA-HQ experiment configs (facts §7.1).
+"""Defaults shared by the 256 x 256 LSUN / FFHQ / CelebA-HQ experiment configs (docs/configs.md).
 
 The original's LSUN defaults differ from the CIFAR-10 ones only in the values set below, so they
 start from `default_cifar10_configs` (which also carries the keys this project adds). The LSUN
@@ -11,7 +11,7 @@ from configs import default_cifar10_configs
 
 
 def get_default_configs() -> ml_collections.ConfigDict:
-    """The LSUN defaults (facts §7.1); no SDE, sampler, network or category is chosen here."""
+    """The LSUN defaults (docs/configs.md); no SDE, sampler, network or category is chosen here."""
     config = default_cifar10_configs.get_default_configs()
 
     training = config.training
@@ -32,7 +32,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.image_size = 256
 
     model = config.model
-    model.sigma_max = 378.0  # largest pairwise distance of LSUN-256 images (facts §7.4)
+    model.sigma_max = 378.0  # largest pairwise distance of LSUN-256 images (docs/configs.md)
     model.num_scales = 2000
     model.dropout = 0.0
     return config

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run (facts §8.2, user needs §16).
+"""Orbax checkpoints of a training run (docs/original_code.md#training-evaluation-and-data).
 
 A checkpoint is one orbax step directory ``<workdir>/checkpoints/<step>/`` with the items
 

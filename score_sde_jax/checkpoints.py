@@ -1,13 +1,14 @@
 """Loads the original score_sde checkpoints and those of its PyTorch port into our networks.
 
-* `load_original` reads a `checkpoint_<k>` file written by the original JAX code (flax 0.3.1
-  msgpack `State`, facts §6.7) with `msgpack` alone: arrays are decoded from their raw bytes for a
-  short list of numeric dtypes, nothing is unpickled or executed.
+* `load_original` reads a `checkpoint_<k>` file written by the original JAX code (flax 0.3.1 msgpack
+  `State`, docs/checkpoints.md#file-formats) with `msgpack` alone: arrays are decoded from their raw
+  bytes for a short list of numeric dtypes, nothing is unpickled or executed.
 * `load_pytorch` reads a `.pth` file of the PyTorch port (`yang-song/score_sde_pytorch`) through
   the restricted reader `score_sde_jax.torch_pickle` (no torch needed).
 * `params_from_original` maps a parameter tree in the original layout onto ours. Our networks
-  reproduce the original module names and creation order, so the only difference is the shape
-  of GroupNorm ``scale``/``bias``: (1, 1, 1, C) in flax <= 0.3.5, (C,) now (facts, Addendum).
+  reproduce the original module names and creation order, so the only difference is the shape of
+  GroupNorm ``scale``/``bias``: (1, 1, 1, C) in flax <= 0.3.5, (C,) now
+  (docs/checkpoints.md#file-formats).
 
 Every loader checks that the mapping is total (each network parameter filled exactly once, with
 the right shape, and nothing left over) and otherwise lists the offending paths.
@@ -189,10 +190,10 @@ def _mismatch_message(description, missing, unexpected, wrong_shape):
 def params_from_original(config, tree, *, model=None):
     """Maps a parameter tree in the original code's layout onto our network's parameters.
 
-    The original names parameters by flax auto-naming (facts §6.7), which our modules reproduce;
-    only GroupNorm ``scale``/``bias`` (modules ``GroupNorm_k``, and ``init_bn``/``bn_k``/
-    ``pre-pool-bn`` in the classifier) are reshaped from flax 0.3's (1, 1, 1, C) to (C,).
-    Trees that already use (C,) are accepted too.
+    The original names parameters by flax auto-naming (docs/checkpoints.md#file-formats), which our
+    modules reproduce; only GroupNorm ``scale``/``bias`` (modules ``GroupNorm_k``, and
+    ``init_bn``/``bn_k``/``pre-pool-bn`` in the classifier) are reshaped from flax 0.3's
+    (1, 1, 1, C) to (C,). Trees that already use (C,) are accepted too.
 
     Args:
       config: config with the original keys; the network is ``models.get_model(config)`` and the
@@ -347,10 +348,10 @@ def _read_state(path, wanted):
 def load_original(path, config, use_ema=True):
     """Loads a checkpoint written by the original JAX code (flax 0.3.1 msgpack `State`).
 
-    Implements facts §6.7: the file is one msgpack map with the `State` fields ``step``,
-    ``optimizer`` (``target`` = raw parameters, ``state`` = Adam moments), ``lr``,
-    ``model_state``, ``ema_rate``, ``params_ema`` and ``rng``; arrays are msgpack extension
-    objects of type 1. Only the parameter tree that is asked for is decoded; the rest is skipped.
+    Layout (docs/checkpoints.md#file-formats): the file is one msgpack map with the `State` fields
+    ``step``, ``optimizer`` (``target`` = raw parameters, ``state`` = Adam moments), ``lr``,
+    ``model_state``, ``ema_rate``, ``params_ema`` and ``rng``; arrays are msgpack extension objects
+    of type 1. Only the parameter tree that is asked for is decoded; the rest is skipped.
 
     Args:
       path: the checkpoint file, e.g. ``exp/ve/cifar10_ncsnpp_continuous/checkpoint_24``.

@@ -1,4 +1,4 @@
-"""Training of the noise-conditional classifier p_φ(y | x, σ) (paper App. I.1, facts §5.3).
+"""Training of the noise-conditional classifier p_φ(y | x, σ) (paper App. I.1).
 
 The classifier (`score_sde_jax.models.wideresnet.WideResnet`) guides class-conditional sampling
 through ∇_x log p_φ(y | x, σ) (`score_sde_jax.controllable.get_pc_conditional_sampler`). It is
@@ -6,7 +6,8 @@ trained on VE-perturbed images: x = y + σ z with y ∈ [0, 1] the clean image, 
 log σ ~ U[log σ_min, log σ_max] per example — exactly the noise levels σ(t) = σ_min (σ_max /
 σ_min)^t that the VE SDE reaches at t ~ U[0, 1] — with the cross-entropy of the logits against
 the image's label as the loss (the paper's "mixture of cross-entropy losses over time steps").
-`wideresnet.get_classifier_fn` maps the samples of any linear SDE to this input space.
+`wideresnet.get_classifier_fn` maps the samples of any linear SDE to this input space. See also
+docs/original_code.md#controllable-generation.
 
 `train_and_evaluate(config, workdir)` mirrors `score_sde_jax.train_lib.train_and_evaluate` and
 reuses its pieces: the ``("data",)`` mesh, the optimizer and learning-rate schedule

@@ -3,16 +3,16 @@
 * `get_pc_inpainter` / `get_pc_colorizer`: imputation (App. I.2). A predictor–corrector sampler
   whose known part is replaced after every update by a sample of the forward marginal of the
   observation; colorization is inpainting in a decoupled colour space whose first channel is the
-  gray level (facts §5.1–5.2).
+  gray level (App. I.3; docs/original_code.md#controllable-generation).
 * `get_pc_conditional_sampler`: class-conditional sampling with a noise-conditional classifier
-  (Eq. 14, App. I.1): ∇ log p_t(x | y) = ∇ log p_t(x) + ∇ log p_t(y | x) (facts §5.3).
+  (Eq. 14, App. I.1): ∇ log p_t(x | y) = ∇ log p_t(x) + ∇ log p_t(y | x).
 * `get_encoder` / `get_decoder` / `interpolate`: latent codes through the probability-flow ODE
   (Eq. 13, §4.3) — the paper's uniquely identifiable encoding.
 
 The PC samplers reuse the registered predictors and correctors and `pc_loop` of
 `score_sde_jax.pc_sampling` (paper order: predictor, then corrector), with per-sample keys: the
-noise of sample b comes from its own key, so no sample depends on its batch-mates. They differ
-from the original's `controllable_generation.py` where it is wrong (facts §11.7, §11.8, §11.10):
+noise of sample b comes from its own key, so no sample depends on its batch-mates. They differ from
+the original's `controllable_generation.py` where it is wrong (docs/original_code.md, D7, D8, D10):
 
 * the known region starts from a sample of the forward marginal at T, not from clean data;
 * after an update the known region is re-drawn from the marginal at the time the update lands on
@@ -49,10 +49,11 @@ from score_sde_jax.pc_sampling import (
 )
 from score_sde_jax.sde_lib import batch_mul
 
-# Orthonormal colour decoupling of the original (facts §5.2), columns
-# (1, 1, 1)/√3, (-2, 1, 1)/√6, (0, 1, -1)/√2: decoupled channel 0 is √3 × the gray level
-# (R+G+B)/3 and channels 1, 2 are colour differences orthogonal to it. Per pixel,
-# decouple(x) = x M and couple(y) = y Mᵀ (Mᵀ = M⁻¹).
+# Orthonormal colour decoupling of the original (App. I.3;
+# docs/original_code.md#controllable-generation), columns (1, 1, 1)/√3, (-2, 1, 1)/√6,
+# (0, 1, -1)/√2: decoupled channel 0 is √3 × the gray level (R+G+B)/3 and channels 1, 2 are
+# colour differences orthogonal to it. Per pixel, decouple(x) = x M and couple(y) = y Mᵀ
+# (Mᵀ = M⁻¹).
 COLOR_DECOUPLING = np.array(
     [
         [1 / math.sqrt(3), -2 / math.sqrt(6), 0.0],
@@ -64,7 +65,7 @@ COLOR_DECOUPLING = np.array(
 
 
 def decouple_colors(x):
-    """Per-pixel x M for channels-last images [..., 3]: (√3·gray, colour, colour) (facts §5.2)."""
+    """Per-pixel x M for channels-last images [..., 3]: (√3·gray, colour, colour) (App. I.3)."""
     return x @ jnp.asarray(COLOR_DECOUPLING, x.dtype)
 
 
@@ -155,7 +156,7 @@ def get_pc_inpainter(
     denoise: bool = True,
     eps: float | None = None,
 ):
-    """PC inpainting by replacement (App. I.2, facts §5.1 with the fixes of §11.7).
+    """PC inpainting by replacement (App. I.2, with the fixes of docs/original_code.md, D7).
 
     The known pixels start as a sample of the forward marginal at T and are re-drawn from the
     marginal at the time each predictor/corrector update lands on; the unknown pixels follow
@@ -215,7 +216,7 @@ def get_pc_colorizer(
     denoise: bool = True,
     eps: float | None = None,
 ):
-    """PC colorization: inpainting of the colour channels in the decoupled space (facts §5.2).
+    """PC colorization: inpainting of the colour channels in the decoupled space (App. I.3).
 
     Each pixel's colour is rotated by the original's orthonormal matrix (`COLOR_DECOUPLING`) so
     that channel 0 carries the gray level; that channel is known, the two colour channels are
@@ -306,7 +307,7 @@ def get_pc_conditional_sampler(
     eps: float | None = None,
     guidance_scale: float = 1.0,
 ):
-    """PC sampler of p(x | y) with a noise-conditional classifier (App. I.1, facts §5.3).
+    """PC sampler of p(x | y) with a noise-conditional classifier (App. I.1).
 
     Predictor and corrector both use the guided score of `get_guided_score_fn` (so a Langevin
     corrector's step size comes from the norm of the total score, as in the original).

@@ -5,7 +5,8 @@ uint8 ``[H, W, C]`` image already cropped and resized to ``config.data.image_siz
 ``[d]`` point for ``TOY2D``) and ``label`` an int. The input pipeline (`input_pipeline`) shuffles,
 shards, flips, dequantizes and scales them; everything here is deterministic.
 
-Datasets (``config.data.dataset``, case-insensitive; facts §8.4):
+Datasets (``config.data.dataset``, case-insensitive;
+docs/original_code.md#training-evaluation-and-data):
 
 * ``CIFAR10``, ``SVHN``: tfds ``cifar10`` / ``svhn_cropped``, splits train / test; resized to
   ``image_size`` with antialiased bilinear when it is not 32.
@@ -17,7 +18,8 @@ Datasets (``config.data.dataset``, case-insensitive; facts §8.4):
 * ``CELEBAHQ``, ``FFHQ``: ``data.tfrecords_path`` (the StyleGAN / PGGAN multi-resolution
   ``.tfrecords``, one file per resolution: features ``shape`` int64[3] and ``data`` raw uint8 CHW),
   else ``data.path`` (an image folder), else (CelebA-HQ only) tfds ``celeb_a_hq/<image_size>``.
-  There is no held-out split: evaluation reads the training images, as in the original (§11.23).
+  There is no held-out split: evaluation reads the training images, as in the original
+  (docs/original_code.md, D23).
 * ``DIGITS``: the 1,797 8 x 8 handwritten digits bundled with scikit-learn (nothing is
   downloaded); values 0..16 scaled to uint8 by round(v * 255 / 16); ``data.resize`` = 'bilinear'
   (default; antialiased) or 'pad' (zeros around the native 8 x 8); the last 180 images (10 %) are
@@ -31,10 +33,10 @@ Datasets (``config.data.dataset``, case-insensitive; facts §8.4):
   bicubic; held-out split ``data.eval_path`` if set, else the same folder. Labels: the index of an
   image's top-level subdirectory (sorted) when every image lies in one, else 0.
 
-Resizing (facts §11.22, re-implemented deliberately): target sizes are integers (short side
-``round(side * image_size / short_side)``, half to even as ``tf.round``); resampling is PIL's
-antialiased filter (triangle for bilinear, Keys a = -0.5 cubic for bicubic, support widened by
-the downscale factor) evaluated in float32 — the same definition as ``tf.image.resize(...,
+Resizing (docs/original_code.md, D22, re-implemented deliberately): target sizes are integers (short
+side ``round(side * image_size / short_side)``, half to even as ``tf.round``); resampling is PIL's
+antialiased filter (triangle for bilinear, Keys a = -0.5 cubic for bicubic, support widened by the
+downscale factor) evaluated in float32 — the same definition as ``tf.image.resize(...,
 antialias=True)``, which it matches to < 0.005 levels — followed by clip to [0, 255] and round to
 uint8. Unlike the original (which kept the resized floats for CIFAR-10 / CelebA and cast bicubic
 overshoots to uint8 without clipping for LSUN), every dataset is therefore 8-bit data, so uniform
@@ -106,7 +108,7 @@ def tfds_name(dataset: str, *, category: str | None = None, image_size: int | No
 
 
 # ------------------------------------------------------------------------------------------------
-# Deterministic preprocessing on uint8 [H, W, C] arrays (facts §8.4, §11.22).
+# Deterministic preprocessing on uint8 [H, W, C] arrays (docs/original_code.md, D22).
 # ------------------------------------------------------------------------------------------------
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -125,7 +127,7 @@ def resize(image: np.ndarray, height: int, width: int, method: str = "bilinear")
     """Antialiased resize of a uint8 [H, W, C] image to [height, width, C], clipped and rounded.
 
     Equals ``tf.image.resize(image, (height, width), method, antialias=True)`` up to float32
-    rounding, then ``clip(round(.), 0, 255)`` to uint8 (facts §11.22).
+    rounding, then ``clip(round(.), 0, 255)`` to uint8 (docs/original_code.md, D22).
     """
     if method not in _RESAMPLE:
         raise ValueError(f"Unknown resize method {method!r}; valid: {', '.join(_RESAMPLE)}.")

@@ -1,13 +1,13 @@
-"""Evaluation of a training run, checkpoint by checkpoint (facts §8.3): `evaluate`.
+"""Evaluation of a training run, checkpoint by checkpoint: `evaluate`.
 
 For every checkpoint index k in ``[eval.begin_ckpt, eval.end_ckpt]`` it runs the modes the
-config enables:
+config enables, as the original does (docs/original_code.md#training-evaluation-and-data):
 
 * ``eval.enable_loss``: the training objective of the EMA parameters (no dropout) on every
   example of the held-out split, once, in dataset order (the last batch is padded and masked,
   not dropped) → ``ckpt_<k>_loss.npz`` (``all_losses``, ``mean_loss``).
 * ``eval.enable_bpd``: bits/dim of the split ``eval.bpd_dataset`` ('test' = the held-out split,
-  'train') under the probability-flow ODE (facts §4): the data are uniformly dequantized afresh
+  'train') under the probability-flow ODE (App. D.2): the data are uniformly dequantized afresh
   on each of ``eval.bpd_num_repeats`` passes (default: 5 for 'test', 1 for 'train', the
   original's counts), with Hutchinson probes of type ``eval.hutchinson_type`` ('rademacher',
   the default; 'gaussian'; 'exact'), tolerances ``eval.likelihood_rtol`` / ``likelihood_atol``
@@ -20,12 +20,12 @@ config enables:
   ``ckpt_<k>/seed_<s>/samples_<r>.npz`` (uint8 ``images``, ``nfe``) and ``statistics_<r>.npz``
   (Inception ``pool_3``, ``logits``); then FID and KID against the dataset statistics
   (``eval.stats_path``, default ``assets/stats/<name>_stats.npz`` as in the original; made with
-  ``python -m score_sde_jax.tools.stats``) and the Inception Score (facts §8.5). Grayscale
-  images are replicated to three channels for the Inception network. The sampler is
-  ``config.sampling.method`` with the ``config.sampling`` settings unless one is passed (the
-  ``sample`` command's choices). There are ``ceil(num_samples / batch_size)`` rounds (the
-  original ran ``num_samples // batch_size + 1`` and truncated); the last one keeps only the
-  samples still needed.
+  ``python -m score_sde_jax.tools.stats``) and the Inception Score (see
+  docs/original_code.md#training-evaluation-and-data). Grayscale images are replicated to three
+  channels for the Inception network. The sampler is ``config.sampling.method`` with the
+  ``config.sampling`` settings unless one is passed (the ``sample`` command's choices). There are
+  ``ceil(num_samples / batch_size)`` rounds (the original ran ``num_samples // batch_size + 1`` and
+  truncated); the last one keeps only the samples still needed.
 
 Keys added to the original's ``eval`` section, all optional: ``bpd_num_repeats``,
 ``hutchinson_type``, ``likelihood_rtol``, ``likelihood_atol``, ``sample_seeds``, ``stats_path``,
@@ -34,9 +34,9 @@ every example (the original averaged batch means and dropped the last partial ba
 passes also keep the last partial batch, and IS is reported at every resolution because the same
 FID network is used throughout (the original switched networks at 256 px and reported IS = -1).
 
-Checkpoint index ↔ file. ``train`` names checkpoints by optimizer step; checkpoint k is the one
-at step ``k * training.snapshot_freq``, the step at which the original wrote its
-``checkpoint_k`` (facts §8.2). A work directory of the original code (files
+Checkpoint index ↔ file. ``train`` names checkpoints by optimizer step; checkpoint k is the one at
+step ``k * training.snapshot_freq``, the step at which the original wrote its ``checkpoint_k``
+(docs/original_code.md#training-evaluation-and-data). A work directory of the original code (files
 ``checkpoints/checkpoint_<k>``) is read as well. A missing checkpoint is waited for up to
 ``checkpoint_timeout`` seconds (training may still be writing it), then reported.
 
@@ -48,9 +48,8 @@ sampler, Inception weights, statistics) are stored there too: rerunning with dif
 into the same folder is refused rather than mixing results.
 
 Report. ``report.json`` lists every checkpoint's numbers, the numbers of the **last** checkpoint
-(``end_ckpt``) and, separately, the **best** checkpoint for each metric (lowest FID, KID, loss,
-bpd; highest IS) — the paper reports the best-FID checkpoint (user needs §2) — together with the
-seeds used.
+(``end_ckpt``) and, separately, the **best** checkpoint for each metric (lowest FID, KID, loss, bpd;
+highest IS) — the paper reports the best-FID checkpoint — together with the seeds used.
 
 Randomness. All keys derive from ``eval_seed = config.seed + 1`` (the original's evaluation
 key): loss batch b uses ``eval_key(config, LOSS_STREAM, b)``; bpd pass r uses the input
@@ -102,7 +101,10 @@ _SCHEDULING_KEYS = ("begin_ckpt", "end_ckpt", "enable_loss", "enable_bpd", "enab
 
 
 def eval_seed(config) -> int:
-    """``config.seed + 1``, the seed of the original's evaluation key (facts §8.3)."""
+    """``config.seed + 1``, the seed of the original's evaluation key.
+
+    See docs/original_code.md#training-evaluation-and-data.
+    """
     return int(config.seed) + 1
 
 
@@ -115,12 +117,15 @@ def eval_key(config, stream: int, *indices: int) -> jax.Array:
 
 
 def bpd_data_seed(config, repeat: int) -> int:
-    """Input-pipeline seed of bpd pass ``repeat``: its dequantization noise (facts §8.4)."""
+    """Input-pipeline seed of bpd pass ``repeat``: its dequantization noise."""
     return eval_seed(config) + int(repeat)
 
 
 def bpd_num_repeats(config) -> int:
-    """``eval.bpd_num_repeats``; unset: 5 passes over 'test', 1 over 'train' (facts §4)."""
+    """``eval.bpd_num_repeats``; unset: 5 passes over 'test', 1 over 'train', as in the original.
+
+    See docs/original_code.md#likelihood.
+    """
     repeats = config.eval.get("bpd_num_repeats", None)
     if repeats is None:
         return 5 if bpd_split(config) == "eval" else 1
@@ -149,7 +154,7 @@ def sample_seeds(config) -> list[int]:
 
 
 def checkpoint_step(config, ckpt: int) -> int:
-    """Training step of checkpoint index ``ckpt``: ``ckpt * training.snapshot_freq`` (§8.2)."""
+    """Training step of checkpoint index ``ckpt``: ``ckpt * training.snapshot_freq``."""
     return int(ckpt) * int(config.training.snapshot_freq)
 
 
@@ -449,7 +454,10 @@ def _inception_outputs(inception_fn, images: np.ndarray, batch_size: int) -> dic
 
 
 def sample_metrics(pool_3: np.ndarray, logits: np.ndarray, data: stats_lib.DatasetStats) -> dict:
-    """FID, KID (if the statistics hold features) and IS of one set of samples (facts §8.5)."""
+    """FID, KID (if the statistics hold features) and IS of one set of samples.
+
+    See docs/original_code.md#training-evaluation-and-data.
+    """
     mu, sigma = metrics.feature_stats(pool_3)
     result = {
         "fid": metrics.fid_from_stats(data.mu, data.sigma, mu, sigma),

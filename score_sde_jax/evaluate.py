@@ -1,11 +1,11 @@
 """Command line evaluation: ``python -m score_sde_jax.evaluate --workdir DIR [--config PATH]``.
 
-The original's evaluation modes (facts §8.3), for every checkpoint index in
-``[eval.begin_ckpt, eval.end_ckpt]`` (checkpoint k = training step k x training.snapshot_freq):
-eval loss (``eval.enable_loss``), bits/dim (``eval.enable_bpd``) and samples with FID / IS / KID
-(``eval.enable_sampling``). Results go to ``<workdir>/<eval_folder>``: per-unit files, a
-``progress.json`` that makes a rerun resume after preemption, and ``report.json`` with the last
-and the best checkpoints' numbers and the seeds. Details: `score_sde_jax.eval_lib`.
+The original's evaluation modes (docs/original_code.md#training-evaluation-and-data), for every
+checkpoint index in ``[eval.begin_ckpt, eval.end_ckpt]`` (checkpoint k = training step k x
+training.snapshot_freq): eval loss (``eval.enable_loss``), bits/dim (``eval.enable_bpd``) and
+samples with FID / IS / KID (``eval.enable_sampling``). Results go to ``<workdir>/<eval_folder>``:
+per-unit files, a ``progress.json`` that makes a rerun resume after preemption, and ``report.json``
+with the last and the best checkpoints' numbers and the seeds. Details: `score_sde_jax.eval_lib`.
 
 Examples::
 

@@ -42,7 +42,7 @@ SCHEDULES = ("karras", "time_uniform", "time_quadratic", "log_snr")
 
 
 def _check_args(sde, num_steps, eps):
-    """``(num_steps, eps)`` validated, ``eps=None`` resolved to the SDE's default (facts §1.6)."""
+    """``(num_steps, eps)`` validated, ``eps=None`` resolved to the SDE's default."""
     if int(num_steps) != num_steps or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps}.")
     return int(num_steps), resolve_eps(sde, eps)
@@ -115,7 +115,7 @@ def time_grid(sde, num_steps, eps, schedule, rho=7.0):
     Args:
       sde: a `sde_lib.VESDE`, `sde_lib.VPSDE` or `sde_lib.subVPSDE`.
       num_steps: n.
-      eps: the last time; ``None`` selects the SDE's sampling eps (facts §1.6).
+      eps: the last time; ``None`` selects the SDE's sampling eps (`sde_lib.default_sampling_eps`).
       schedule: 'karras' (EDM Eq. 5 on σ̂), 'time_uniform' (EDM Table 1, VP),
         'time_quadratic' (DDIM App. D.2) or 'log_snr' (uniform in λ, Lu et al. Sec. 3.3).
       rho: ρ of the 'karras' grid.
@@ -155,7 +155,7 @@ def get_heun_sampler(
       score_fn: ``score_fn(params, x, t)``.
       shape: ``[B, ...]`` of the samples.
       num_steps: Heun steps between T and eps; each costs 2 score evaluations.
-      eps: end time (default: the SDE's sampling eps, facts §1.6).
+      eps: end time (default: the SDE's sampling eps, `sde_lib.default_sampling_eps`).
       schedule: time grid, one of `SCHEDULES`. Default: 'karras' (EDM's ρ = 7) for VE and
         'time_uniform' for VP and sub-VP, whose σ̂_T ≈ 150 puts ~40 % of a ρ = 7 grid above
         σ̂ = 10 where the ODE is nearly linear; on the exact-score mixture the uniform grid has
@@ -214,7 +214,7 @@ def get_dpm_solver_sampler(
       shape: ``[B, ...]`` of the samples.
       num_steps: solver steps; each costs ``order`` score evaluations.
       order: 2 or 3.
-      eps: end time (default: the SDE's sampling eps, facts §1.6).
+      eps: end time (default: the SDE's sampling eps, `sde_lib.default_sampling_eps`).
       schedule: time grid, one of `SCHEDULES`; default 'time_quadratic', which has the smallest
         error on the exact-score mixture for both SDEs and orders (2-6x below 'log_snr'; sub-VP's
         σ̂(eps) ≈ 1e-4 puts a third of a 'log_snr' grid where the ODE is nearly linear).

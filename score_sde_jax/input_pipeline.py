@@ -16,13 +16,13 @@ Both are grain ``DatasetIterator`` s (``get_state()`` / ``set_state()``, and orb
 * ``'label'``: int32 ``[B]`` (class, digit or mixture component; 0 where a dataset has none);
 * ``'mask'``: bool ``[B]``, only with ``evaluation=True``: False marks padding (zeros).
 
-Images are in **model space** (facts §8.4): ``k / 255`` for uint8 pixels k, or with
-``data.uniform_dequantization`` ``(k + u) / 256``, u ~ U[0, 1) per pixel and channel (so the value
-lies in [k / 256, (k + 1) / 256)); then ``2 y - 1`` if ``data.centered``. ``data.random_flip``
-mirrors left-right with probability 1/2 in training iterators. `get_data_scaler` /
-`get_data_inverse_scaler` (math side) are *not* applied here; labels are never scaled (unlike the
-original, §11.17). ``TOY2D`` points are passed through unchanged (no flip, dequantization or
-centering: they are not images).
+Images are in **model space** (docs/original_code.md#training-evaluation-and-data): ``k / 255`` for
+uint8 pixels k, or with ``data.uniform_dequantization`` ``(k + u) / 256``, u ~ U[0, 1) per pixel and
+channel (so the value lies in [k / 256, (k + 1) / 256)); then ``2 y - 1`` if ``data.centered``.
+``data.random_flip`` mirrors left-right with probability 1/2 in training iterators.
+`get_data_scaler` / `get_data_inverse_scaler` (math side) are *not* applied here; labels are never
+scaled (unlike the original, docs/original_code.md, D17). ``TOY2D`` points are passed through
+unchanged (no flip, dequantization or centering: they are not images).
 
 Order and sharding. Training (``evaluation=False``): each split is one infinite stream, the
 concatenation of per-epoch permutations (``seed``, split and epoch determine each permutation),
@@ -75,7 +75,7 @@ def per_process_batch_size(global_batch_size: int, process_count: int, what: str
 
 
 def uniform_dequantize(image: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """(k + u) / 256 for uint8 k and u in [0, 1): float32 in [k / 256, (k + 1) / 256) (§8.4).
+    """(k + u) / 256 for uint8 k and u in [0, 1): float32 in [k / 256, (k + 1) / 256).
 
     In float32 k + u can round up to k + 1; the result is clamped just below (k + 1) / 256.
     """

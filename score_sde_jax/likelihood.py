@@ -1,4 +1,4 @@
-"""Exact likelihoods through the probability-flow ODE (Song et al. 2021, §4.3 and App. D.2; facts §4).
+"""Exact likelihoods through the probability-flow ODE (Song et al. 2021, §4.3 and App. D.2).
 
 The probability-flow ODE dx/dt = f̃(x, t) = f(x, t) - ½ g(t)² s(x, t) (Eq. 13) carries a data point
 x(eps) = x to z = x(T), and the instantaneous change-of-variables formula (Chen et al. 2018)
@@ -71,7 +71,7 @@ def get_log_prob_fn(
     method: str = "tsit5",
     max_steps: int = 4096,
 ):
-    """Log-density in nats of data under the probability-flow ODE of ``score_fn`` (facts §4).
+    """Log-density in nats of data under the probability-flow ODE of ``score_fn`` (App. D.2).
 
     Args:
         sde: the forward SDE.
@@ -153,7 +153,7 @@ def get_log_prob_fn(
 
 
 def bpd_offset(centered: bool, num_bits: int = 8) -> float:
-    """Bits/dim offset num_bits + log₂(d inverse_scaler / dx) (facts §4).
+    """Bits/dim offset num_bits + log₂(d inverse_scaler / dx) (docs/original_code.md#likelihood).
 
     With y = (k + u)/2^num_bits ∈ [0, 1) the dequantized data and x = a·y + b the model's input,
     -log₂ P(k)/D ≤ -log₂ p_x(x)/D - log₂ a + num_bits. ``centered`` data (x = 2y - 1) have a = 2,
@@ -182,7 +182,7 @@ def get_likelihood_fn(
     centered: bool,
     num_bits: int = 8,
 ):
-    """Bits/dim of (dequantized, scaled) data under the probability-flow ODE (facts §4).
+    """Bits/dim of (dequantized, scaled) data under the probability-flow ODE (App. D.2).
 
     The value is the variational upper bound on the discrete data's code length, so it is only
     meaningful on uniformly dequantized data (`uniform_dequantize`, then the data scaler):
@@ -214,7 +214,7 @@ def get_likelihood_fn(
 
 
 def uniform_dequantize(rng, images, num_bits: int = 8):
-    """Uniform dequantization y = (k + u)/2^num_bits, u ~ U[0, 1) per pixel and channel (facts §8.4).
+    """Uniform dequantization y = (k + u)/2^num_bits, u ~ U[0, 1) per pixel and channel.
 
     Args:
         rng: PRNG key.

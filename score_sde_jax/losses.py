@@ -1,4 +1,4 @@
-"""Training objectives of Song et al. (2021): continuous DSM and the legacy SMLD/DDPM losses (facts §2).
+"""Training objectives of Song et al. (2021): continuous DSM and the legacy SMLD/DDPM losses.
 
 Every builder returns a pure ``loss_fn(params, rng, batch)``: ``batch`` is an array ``[B, ...]`` of
 data already scaled to the network's range, ``rng`` a PRNG key. The key is split as
@@ -8,8 +8,9 @@ to the network when ``train=True`` (``train=False`` evaluates it without dropout
 original's eval step does). By default the loss is the batch mean of the per-example losses;
 ``per_example=True`` returns the ``[B]`` vector instead (for evaluation statistics).
 
-Per-example reduction over the D data dimensions (facts §2.1): ``reduce_mean=True`` takes the
-mean, ``reduce_mean=False`` takes **0.5 × the sum** (the original's convention for VE models).
+Per-example reduction over the D data dimensions (docs/original_code.md#losses-optimizer-and-ema):
+``reduce_mean=True`` takes the mean, ``reduce_mean=False`` takes **0.5 × the sum** (the original's
+convention for VE models).
 """
 
 import jax
@@ -40,7 +41,7 @@ def get_sde_loss_fn(
     train: bool = True,
     per_example: bool = False,
 ):
-    """Continuous denoising score matching (Eq. 7 of Song et al. 2021; facts §2.2).
+    """Continuous denoising score matching (Eq. 7 of Song et al. 2021).
 
     Per example: t ~ U(eps, T), z ~ N(0, I), x̃ = mean(x, t) + σ_t z and s = score_fn(x̃, t).
     With the default weighting λ(t) = σ_t² the loss is reduce((σ_t s + z)²); with
@@ -87,11 +88,12 @@ def get_smld_loss_fn(
     train: bool = True,
     per_example: bool = False,
 ):
-    """Legacy SMLD / NCSN loss on the discrete noise levels of a VE SDE (facts §2.3).
+    """Legacy SMLD / NCSN loss on the discrete noise levels of a VE SDE.
 
     labels ~ U{0, …, N-1} index the DESCENDING noise scales (label 0 = σ_max, the networks'
     convention); x̃ = x + σ z and the loss σ² reduce((s - (-σ z / σ²))²) compares the raw network
-    output s = model_fn(x̃, labels) with the score of the perturbation kernel.
+    output s = model_fn(x̃, labels) with the score of the perturbation kernel. See
+    docs/original_code.md#losses-optimizer-and-ema.
 
     Args:
         vesde: a `VESDE`; its σ_min, σ_max and N define the noise levels.
@@ -128,10 +130,11 @@ def get_ddpm_loss_fn(
     train: bool = True,
     per_example: bool = False,
 ):
-    """Legacy DDPM noise-prediction loss on the discrete levels of a VP SDE (facts §2.4).
+    """Legacy DDPM noise-prediction loss on the discrete levels of a VP SDE.
 
     labels ~ U{0, …, N-1}; x̃ = sqrt(ᾱ_label) x + sqrt(1 - ᾱ_label) z; loss reduce((ε̂ - z)²) with
-    ε̂ = model_fn(x̃, labels) the network's noise prediction (Ho et al. 2020, Eq. 14).
+    ε̂ = model_fn(x̃, labels) the network's noise prediction (Ho et al. 2020, Eq. 14). See
+    docs/original_code.md#losses-optimizer-and-ema.
 
     Args:
         vpsde: a `VPSDE`; its discrete β schedule defines ᾱ.
@@ -172,12 +175,12 @@ def get_loss_fn(
     train: bool = True,
     per_example: bool = False,
 ):
-    """The training objective the original selects from ``config.training`` (facts §2.7).
+    """The training objective the original selects from ``config.training``.
 
     ``continuous`` → `get_sde_loss_fn` on the network's continuous-time score
     (`score_fns.get_score_fn(sde, model_fn, continuous=True)`); otherwise VE → `get_smld_loss_fn`,
     VP → `get_ddpm_loss_fn`. Discrete training of sub-VP and likelihood weighting with discrete
-    training are rejected, as in the original.
+    training are rejected, as in the original. See docs/original_code.md#losses-optimizer-and-ema.
 
     Args:
         sde: the forward SDE.

@@ -1,4 +1,4 @@
-"""diffrax samplers: the probability-flow ODE (Eq. 13, facts §3.4) and the reverse SDE (Eq. 6).
+"""diffrax samplers: the probability-flow ODE (Eq. 13) and the reverse SDE (Eq. 6).
 
 Each sample is solved on its own (``vmap`` over the batch), so adaptive step sizes, Brownian
 paths and the reported NFE are per sample and no sample depends on its batch-mates. The solves
@@ -66,9 +66,9 @@ def _check_num_steps(num_steps):
 def tweedie_denoise(sde: sde_lib.SDE, score_fn, params, x, t):
     """E[x(0) | x(t)] = (x + σ_t² ∇log p_t(x)) / m_t for x(t) = m_t x(0) + σ_t z (Tweedie).
 
-    Exact for every linear SDE and independent of N. For VE at t = eps it is the original's
-    final reverse-diffusion step x + σ_min² s (facts §3.4), as σ(eps) ≈ σ_min; for VP that
-    step, (2 - sqrt(1 - β_1)) x + β_1 s, matches it only while β_1 ≈ σ_eps² (N = 1000,
+    Exact for every linear SDE and independent of N. For VE at t = eps it is the original's final
+    reverse-diffusion step x + σ_min² s (docs/original_code.md#samplers), as σ(eps) ≈ σ_min; for VP
+    that step, (2 - sqrt(1 - β_1)) x + β_1 s, matches it only while β_1 ≈ σ_eps² (N = 1000,
     eps = 1e-3).
     """
     mean_coeff = sde.marginal_prob(jnp.ones_like(x), t)[0]
@@ -103,7 +103,7 @@ def get_ode_sampler(
     num_steps: int | None = None,
     max_steps: int = 4096,
 ):
-    """Probability-flow ODE sampler: dx/dt = f - ½g²s solved from T down to eps (facts §3.4).
+    """Probability-flow ODE sampler: dx/dt = f - ½g²s solved from T down to eps (Eq. 13).
 
     Args:
       sde: the forward SDE.

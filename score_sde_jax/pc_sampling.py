@@ -1,4 +1,4 @@
-"""Predictor–corrector samplers of Song et al. (2021), Algorithm 1 (facts §3.1–3.3).
+"""Predictor–corrector samplers of Song et al. (2021), Algorithm 1 and App. G.
 
 Predictors and correctors are single-step updates built by name from two registries, so the
 same updates serve unconditional sampling here and the controllable-generation samplers:
@@ -28,7 +28,7 @@ from score_sde_jax.sde_lib import batch_mul
 
 
 def resolve_eps(sde: sde_lib.SDE, eps) -> float:
-    """``eps`` as a float in (0, T); ``None`` selects the original's end time (facts §1.6)."""
+    """``eps`` as a float in (0, T); ``None`` selects the original's end time."""
     eps = sde_lib.default_sampling_eps(sde) if eps is None else float(eps)
     if not 0.0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}.")
@@ -169,7 +169,7 @@ def corrector_nfe(name: str, n_steps: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Predictors (facts §3.1).
+# Predictors (docs/original_code.md#samplers).
 # ----------------------------------------------------------------------------------------------
 
 
@@ -212,7 +212,8 @@ def ancestral_sampling_predictor(sde, score_fn, probability_flow=False):
     """Ancestral sampling of the discrete SMLD (VE, Eq. 45) or DDPM (VP, Eq. 46) Markov chain.
 
     sub-VP has no discrete Markov chain whose ancestral step we could take (the original raises
-    NotImplementedError, facts §11.19); use 'reverse_diffusion' or 'euler_maruyama' there.
+    NotImplementedError, docs/original_code.md, D19); use 'reverse_diffusion' or 'euler_maruyama'
+    there.
     """
     if probability_flow:
         raise ValueError(
@@ -256,16 +257,16 @@ def none_predictor(sde, score_fn, probability_flow=False):
 
 
 # ----------------------------------------------------------------------------------------------
-# Correctors (facts §3.2).
+# Correctors (docs/original_code.md#samplers).
 # ----------------------------------------------------------------------------------------------
 
 
 def langevin_alpha(sde: sde_lib.SDE, t):
-    """The α of the corrector step size 2α(...)² at time ``t`` [B] (facts §3.2, §11.2).
+    """The α of the corrector step size 2α(...)² at time ``t`` [B] (docs/original_code.md, D2).
 
     VE: 1. VP: the per-step DDPM α_i = 1 - β_i (the original's choice). sub-VP: the same α_i,
     since sub-VP shares VP's β(t); this keeps a given snr meaning the same step for VP and
-    sub-VP (the original crashes here, facts §11.1). Other SDEs: 1.
+    sub-VP (the original crashes here, docs/original_code.md, D1). Other SDEs: 1.
     """
     if isinstance(sde, sde_lib.VPSDE):
         return sde.alphas[sde.discrete_index(t)]
@@ -304,8 +305,8 @@ def langevin_corrector(sde, score_fn, snr, n_steps=1, batch_pooled=False):
     """Langevin corrector with step ε = 2α (snr ‖z‖ / ‖s‖)² (Algorithms 4–5).
 
     By default the norms (hence ε) are per sample. ``batch_pooled=True`` uses the original's
-    rule: ‖z‖ and ‖s‖ averaged over the batch, one ε for all samples (facts §11.25), which
-    makes each sample depend on its batch-mates.
+    rule: ‖z‖ and ‖s‖ averaged over the batch, one ε for all samples (docs/original_code.md, D25),
+    which makes each sample depend on its batch-mates.
     """
     _check_corrector_args(snr, n_steps)
 
@@ -320,9 +321,10 @@ def langevin_corrector(sde, score_fn, snr, n_steps=1, batch_pooled=False):
 
 @register_corrector("ald")
 def annealed_langevin_corrector(sde, score_fn, snr, n_steps=1, batch_pooled=False):
-    """Annealed Langevin dynamics of NCSN: ε = 2α (snr σ_t)², σ_t the marginal std (§3.2).
+    """Annealed Langevin dynamics of NCSN: ε = 2α (snr σ_t)², σ_t the marginal std.
 
-    The step never depends on the batch, so ``batch_pooled`` has no effect.
+    The step never depends on the batch, so ``batch_pooled`` has no effect. See
+    docs/original_code.md#samplers.
     """
     del batch_pooled
     _check_corrector_args(snr, n_steps)
@@ -360,7 +362,7 @@ def pc_loop(
     corrector_first=False,
     projection=None,
 ):
-    """Runs N predictor–corrector iterations on the grid t_i = linspace(T, eps, N) (§3.3).
+    """Runs N predictor–corrector iterations on the grid t_i = linspace(T, eps, N) (Algorithm 1).
 
     Default order (paper Algorithm 1): the predictor moves x from t_i to t_{i+1}, then the
     corrector runs at t_{i+1}; no corrector acts on the prior sample or after the last
@@ -445,7 +447,7 @@ def get_pc_sampler(
       snr: corrector signal-to-noise ratio r (ignored by 'none').
       n_steps: corrector steps per iteration.
       probability_flow: predictors step the probability-flow ODE instead of the reverse SDE.
-      denoise: return the last predictor step without its noise (facts §3.3).
+      denoise: return the last predictor step without its noise (docs/original_code.md#samplers).
       eps: last time of the grid; ``None`` selects 1e-5 for VE and 1e-3 for VP/sub-VP.
       reproduce_original: reproduces published numbers: the original's batch-pooled Langevin
         step size, its corrector-then-predictor order and its Euler–Maruyama step dt = T/N.

@@ -9,7 +9,7 @@ NAME is a dataset of the configs (``cifar10``, ``svhn``, ``celeba``, ``lsun`` wi
 themselves; CelebA's Google-Drive download often fails on quota, and CelebA-HQ needs the
 PGGAN ``data<r>x<r>.tar`` files in ``--manual_dir``: see the tfds catalog). Preparing needs
 TensorFlow (installed with this package); training then reads the prepared files with
-``tfds.data_source`` (facts §8.4; TF-free reading needs array_record, not the default tfrecord).
+``tfds.data_source`` (TF-free reading needs array_record, not the default tfrecord).
 
 FFHQ is not in tfds: point ``data.tfrecords_path`` at the StyleGAN ``.tfrecords`` (one file per
 resolution) or ``data.path`` at a folder of images. ``DIGITS`` and ``TOY2D`` need nothing.

@@ -1,4 +1,4 @@
-"""Command line sampling: ``python -m score_sde_jax.sample --workdir DIR [flags]`` (facts §3).
+"""Command line sampling: ``python -m score_sde_jax.sample --workdir DIR [flags]``.
 
 Examples::
 

@@ -1,7 +1,7 @@
 """Sampling from trained models: checkpoint loading, sampler selection, sharded generation.
 
 The library behind ``python -m score_sde_jax.sample`` and the sampling mode of
-``python -m score_sde_jax.evaluate`` (facts §3, §8.3):
+``python -m score_sde_jax.evaluate`` (docs/original_code.md#samplers):
 
 * `load_checkpoint_params`: the EMA parameters of a checkpoint written by ``train`` (orbax, by
   step), or of a released original checkpoint (flax 0.3.1 msgpack ``checkpoint_<k>``) or
@@ -329,9 +329,10 @@ def _sampling_config(config, spec: SamplerSpec):
 def continuous_time_score_fn(config, sde, model_fn):
     """The score function for solvers that evaluate it at arbitrary times (ODE, SDE, likelihood).
 
-    The original hard-codes ``continuous=True`` there (facts §11.9), which crashes discrete VE
-    models (they take integer noise indices); those get their discrete labels (rounded times)
-    instead. Discrete VP models keep the original's approximation (999·t labels, continuous std).
+    The original hard-codes ``continuous=True`` there (docs/original_code.md, D9), which crashes
+    discrete VE models (they take integer noise indices); those get their discrete labels (rounded
+    times) instead. Discrete VP models keep the original's approximation (999·t labels, continuous
+    std).
     """
     continuous = config.training.continuous or not isinstance(sde, sde_lib.VESDE)
     return score_fns.get_score_fn(sde, model_fn, continuous=continuous)
@@ -345,9 +346,10 @@ def get_sampler(config, spec: SamplerSpec, batch_size: int):
     network's own time conditioning (``training.continuous``); the others evaluate the score at
     arbitrary times and use `continuous_time_score_fn`. The PC sampler reads
     ``config.sampling`` (predictor, corrector, snr, n_steps_each, noise_removal,
-    probability_flow; facts §3.5); the others (ODE and SDE solvers, and the few-step 'heun',
-    'dpm2', 'dpm3' beyond the paper) finish with a denoising step (Tweedie's formula, facts
-    §3.4) when ``sampling.noise_removal``. The end time is `sde_lib.get_sampling_eps`.
+    probability_flow; see docs/configs.md); the others (ODE and SDE solvers, and the few-step
+    'heun', 'dpm2', 'dpm3' beyond the paper) finish with a denoising step (Tweedie's formula,
+    docs/original_code.md#samplers) when ``sampling.noise_removal``. The end time is
+    `sde_lib.get_sampling_eps`.
 
     Raises:
       ValueError: unknown sampler (valid names listed), missing ``num_steps``, DPM-Solver on a

@@ -1,4 +1,4 @@
-"""Samplers of Song et al. (2021): predictor–corrector, probability-flow ODE, reverse SDE (§3).
+"""Samplers of Song et al. (2021): predictor–corrector, probability-flow ODE, reverse SDE.
 
 * `get_pc_sampler`: Algorithm 1 with registered predictors ('euler_maruyama',
   'reverse_diffusion', 'ancestral_sampling', 'none') and correctors ('langevin', 'ald', 'none');

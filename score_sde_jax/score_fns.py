@@ -1,17 +1,18 @@
-"""Turning a network's raw output into a score function (facts §1.7).
+"""Turning a network's raw output into a score function.
 
-Samplers, losses and likelihoods consume ``score_fn(params, x, t, rng=None) -> score`` with
-``x`` [B, ...] and ``t`` [B]; ``rng`` is a dropout key (train mode) or ``None`` (eval mode).
-A network enters as ``model_fn(params, x, labels, rng) -> raw output``; this module decides which
-label the network sees and how its output becomes ∇ₓ log p_t(x).
+Samplers, losses and likelihoods consume ``score_fn(params, x, t, rng=None) -> score`` with ``x``
+[B, ...] and ``t`` [B]; ``rng`` is a dropout key (train mode) or ``None`` (eval mode). A network
+enters as ``model_fn(params, x, labels, rng) -> raw output``; this module decides which label the
+network sees and how its output becomes ∇ₓ log p_t(x). See
+docs/original_code.md#sdes-and-time-conditioning.
 """
 
 import jax.numpy as jnp
 
 from score_sde_jax import sde_lib
 
-# The original feeds VP/sub-VP networks 999·t whatever N is (facts §11.18); kept because the
-# released networks were trained with it.
+# The original feeds VP/sub-VP networks 999·t whatever N is (docs/original_code.md, D18); kept
+# because the released networks were trained with it.
 VP_CONTINUOUS_LABEL_SCALE = 999.0
 
 

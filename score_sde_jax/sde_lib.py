@@ -1,8 +1,9 @@
-"""Forward SDEs of Song et al. (2021): VE, VP and sub-VP (facts §1).
+"""Forward SDEs of Song et al. (2021): VE, VP and sub-VP (Eqs. (9), (11), (12); App. B).
 
 Each SDE is a small immutable pytree whose methods are the paper's equations. Time runs on
 [0, T] with T = 1; ``x`` has shape ``[B, ...]`` and ``t`` shape ``[B]``. Per-sample scalars
-(diffusion, std, G) are returned with shape ``[B]`` and broadcast with `batch_mul`.
+(diffusion, std, G) are returned with shape ``[B]`` and broadcast with `batch_mul`. The original
+code's discretizations and end times: docs/original_code.md#sdes-and-time-conditioning.
 """
 
 import dataclasses
@@ -59,7 +60,7 @@ class SDE:
         raise NotImplementedError
 
     def discretize(self, x, t):
-        """Euler–Maruyama discretization x_{i+1} = x_i + f_i + G_i z_i with Δt = T/N (facts §1.1)."""
+        """Euler–Maruyama discretization x_{i+1} = x_i + f_i + G_i z_i with Δt = T/N."""
         dt = 1.0 / self.N
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * math.sqrt(dt)
@@ -128,7 +129,10 @@ class VPSDE(SDE):
         return (t * (self.N - 1) / self.T).astype(jnp.int32)
 
     def discretize(self, x, t):
-        """DDPM discretization: f_i = (sqrt(α_i) - 1) x, G_i = sqrt(β_i) (facts §1.2)."""
+        """DDPM discretization: f_i = (sqrt(α_i) - 1) x, G_i = sqrt(β_i).
+
+        See docs/original_code.md#sdes-and-time-conditioning.
+        """
         i = self.discrete_index(t)
         beta = self.discrete_betas[i]
         alpha = self.alphas[i]
@@ -210,7 +214,7 @@ class VESDE(SDE):
         return (t * (self.N - 1) / self.T).astype(jnp.int32)
 
     def discretize(self, x, t):
-        """SMLD discretization: f_i = 0, G_i = sqrt(σ_i² - σ_{i-1}²) with σ_{-1} = 0 (facts §1.4)."""
+        """SMLD discretization: f_i = 0, G_i = sqrt(σ_i² - σ_{i-1}²) with σ_{-1} = 0."""
         i = self.discrete_index(t)
         sigma = self.discrete_sigmas[i]
         adjacent_sigma = jnp.where(i == 0, 0.0, self.discrete_sigmas[jnp.maximum(i - 1, 0)])
@@ -267,7 +271,7 @@ SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
 
 
 def get_sde(config) -> SDE:
-    """Builds the SDE named by ``config.training.sde`` from ``config.model`` (facts §7)."""
+    """Builds the SDE named by ``config.training.sde`` from ``config.model`` (docs/configs.md)."""
     name = config.training.sde.lower()
     if name not in SDES:
         raise ValueError(f"Unknown SDE {config.training.sde!r}; valid names: {sorted(SDES)}.")
@@ -278,7 +282,10 @@ def get_sde(config) -> SDE:
 
 
 def default_sampling_eps(sde: SDE) -> float:
-    """End time of sampling used by the original code for this SDE (facts §1.6)."""
+    """End time of sampling used by the original code for this SDE.
+
+    See docs/original_code.md#sdes-and-time-conditioning.
+    """
     return 1e-5 if isinstance(sde, VESDE) else 1e-3
 
 

@@ -1,6 +1,7 @@
 """Command line entry point: ``python -m score_sde_jax.train --workdir DIR [--config PATH]``.
 
-Kept thin on purpose (facts §8.1): flags and process setup here, the loop in
+Kept thin on purpose, like the original's ``main.py``
+(docs/original_code.md#training-evaluation-and-data): flags and process setup here, the loop in
 `score_sde_jax.train_lib.train_and_evaluate`. Without ``--config`` it trains the offline default
 (`score_sde_jax/configs/digits.py`). Any config key can be overridden, e.g.
 ``--config.training.n_iters=2000``; re-running with the same ``--workdir`` resumes.

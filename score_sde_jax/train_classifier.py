@@ -1,6 +1,6 @@
 """Command line entry point: ``python -m score_sde_jax.train_classifier --workdir DIR [--config P]``.
 
-Trains the noise-conditional classifier that guides class-conditional sampling (facts §5.3);
+Trains the noise-conditional classifier that guides class-conditional sampling (App. I.1);
 the loop is `score_sde_jax.classifier_lib.train_and_evaluate`. Without ``--config`` it trains
 the offline default (`score_sde_jax/configs/classifier_digits.py`); the released CIFAR-10
 classifier's settings are ``configs/classifier/cifar10_wideresnet.py``. Any config key can be

@@ -1,4 +1,4 @@
-"""Training loop of Song et al. (2021): `train_and_evaluate(config, workdir)` (facts §8.2).
+"""Training loop of Song et al. (2021): `train_and_evaluate(config, workdir)`.
 
 One jitted step function runs over a 1-D ``("data",)`` mesh of every device of every process:
 the `TrainState` is replicated, batches are sharded along their batch axis and assembled from
@@ -37,7 +37,8 @@ from score_sde_jax import (
     utils,
 )
 
-# training.* step intervals; each must be a multiple of training.n_jitted_steps (facts §8.2).
+# training.* step intervals; each must be a multiple of training.n_jitted_steps
+# (docs/original_code.md#training-evaluation-and-data).
 _STEP_FREQUENCIES = ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption")
 
 
@@ -47,7 +48,7 @@ NonFiniteLossError = train_loop.NonFiniteLossError
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything an optimizer update changes (facts §2.6, §2.7).
+    """Everything an optimizer update changes (docs/original_code.md#losses-optimizer-and-ema).
 
     Attributes:
       step: int32 scalar, the number of optimizer updates applied so far.
@@ -76,7 +77,7 @@ def create_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 def validate_config(config, num_devices: int, num_processes: int) -> None:
-    """Raises ValueError for settings the sharded loop cannot run (facts §8.2 step 9).
+    """Raises ValueError for settings the sharded loop cannot run.
 
     Checks that the global batch splits evenly over devices, processes and accumulation
     micro-batches, that the step frequencies are multiples of ``n_jitted_steps`` and that the
@@ -111,10 +112,11 @@ def validate_config(config, num_devices: int, num_processes: int) -> None:
 
 
 def create_learning_rate_fn(config) -> Callable[[jax.Array], jax.Array]:
-    """lr(step) = lr · min(step / warmup, 1) with ``step`` the updates done so far (facts §2.5).
+    """lr(step) = lr · min(step / warmup, 1) with ``step`` the updates done so far.
 
-    As in the original the very first update has learning rate 0 (facts §11.15): Adam's moments
-    still see its gradient. Kept so that runs match the original update for update.
+    As in the original the very first update has learning rate 0 (docs/original_code.md, D15):
+    Adam's moments still see its gradient. Kept so that runs match the original update for update.
+    See docs/original_code.md#losses-optimizer-and-ema.
     """
     lr, warmup = config.optim.lr, config.optim.warmup
 
@@ -127,12 +129,13 @@ def create_learning_rate_fn(config) -> Callable[[jax.Array], jax.Array]:
 
 
 def create_optimizer(config) -> optax.GradientTransformation:
-    """Global-norm clipping then Adam (β₂ = 0.999) and decoupled weight decay (facts §2.5).
+    """Global-norm clipping then Adam (β₂ = 0.999) and decoupled weight decay.
 
     The transformation yields unit-learning-rate steps; `train_step` multiplies them by
-    ``-create_learning_rate_fn(config)(state.step)``, so the schedule follows the training step
-    even when the optimizer state is fresh (e.g. after converting a foreign checkpoint).
-    Clipping is off when ``optim.grad_clip < 0``, as in the original.
+    ``-create_learning_rate_fn(config)(state.step)``, so the schedule follows the training step even
+    when the optimizer state is fresh (e.g. after converting a foreign checkpoint). Clipping is off
+    when ``optim.grad_clip < 0``, as in the original. See
+    docs/original_code.md#losses-optimizer-and-ema.
     """
     o = config.optim
     chain = []
@@ -145,7 +148,7 @@ def create_optimizer(config) -> optax.GradientTransformation:
 
 
 def create_loss_fn(config, sde, model, *, train: bool, per_example: bool = False) -> Callable:
-    """The config's loss ``loss_fn(params, rng, x)`` (facts §2.1–2.4; see `losses.get_loss_fn`).
+    """The config's loss ``loss_fn(params, rng, x)`` (see `losses.get_loss_fn`).
 
     ``training.continuous``, ``reduce_mean`` and ``likelihood_weighting`` choose it; ``train``
     turns dropout on.
@@ -163,7 +166,7 @@ def create_loss_fn(config, sde, model, *, train: bool, per_example: bool = False
 
 
 def create_train_state(config, model, rng, optimizer) -> TrainState:
-    """Initialises parameters (EMA = a copy of them) and the optimizer state (facts §8.2 step 2)."""
+    """Initialises parameters (EMA = a copy of them) and the optimizer state."""
     params_rng, dropout_rng = jax.random.split(rng)
     x = jnp.zeros((1, *input_pipeline.image_shape(config)), jnp.float32)
     # Labels of the dtype training feeds: discrete VE networks (NCSN, NCSNv2) index σ with ints.
@@ -195,7 +198,7 @@ def train_step(
     ema_rate: float,
     grad_accum_steps: int = 1,
 ) -> tuple[TrainState, dict]:
-    """One optimizer update on a global batch (facts §2.5–2.7).
+    """One optimizer update on a global batch (docs/original_code.md#losses-optimizer-and-ema).
 
     Args:
       state: the current `TrainState`.
@@ -235,7 +238,7 @@ def train_step(
 
 
 def apply_update(state: TrainState, grads, *, optimizer, learning_rate_fn, ema_rate):
-    """The update of ``grads`` and the EMA (facts §2.5–2.6) -> (new state, learning rate).
+    """The update of ``grads`` and the EMA -> (new state, learning rate).
 
     The optimizer yields the update direction; the learning rate of ``state.step`` scales it.
     """
@@ -261,7 +264,10 @@ def train_steps(state: TrainState, batches: dict, rng: jax.Array, **step_kwargs)
 
 
 def eval_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_fn: Callable) -> dict:
-    """Loss of the EMA parameters on ``batch`` without dropout (facts §2.7, §8.2)."""
+    """Loss of the EMA parameters on ``batch`` without dropout.
+
+    See docs/original_code.md#losses-optimizer-and-ema.
+    """
     return {"loss": loss_fn(state.ema_params, rng, batch["image"])}
 
 
@@ -293,7 +299,10 @@ def _flat_hparams(config) -> dict:
 
 
 def create_snapshot_sampler(config, sde, model, shape):
-    """The config's sampler ``sample(rng, params) -> (x, nfe)`` for snapshot grids (facts §3.5)."""
+    """The config's sampler ``sample(rng, params) -> (x, nfe)`` for snapshot grids.
+
+    See docs/configs.md.
+    """
     score_fn = models.get_score_fn(sde, model, continuous=config.training.continuous)
     s = config.sampling
     eps = sde_lib.get_sampling_eps(config)
@@ -379,10 +388,10 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     ``samples/iter_<step>/`` under ``workdir``. A re-run with the same workdir resumes from the
     newest readable checkpoint and continues bit for bit as if never stopped. SIGTERM saves a
     checkpoint and returns early. Steps: ``training.n_iters`` rounded up to a multiple of
-    ``training.n_jitted_steps`` (the original's count, facts §11.16).
+    ``training.n_jitted_steps`` (the original's count, docs/original_code.md, D16).
 
     Args:
-      config: a ConfigDict with the original's keys (facts §7).
+      config: a ConfigDict with the original's keys (docs/configs.md).
       workdir: output folder (created if needed).
       mesh: a 1-D ``("data",)`` mesh; default `create_mesh()` over all devices.
 

@@ -1,4 +1,7 @@
-"""Data scalers (facts §7.4, §8.4) and PNG writers for sample grids (facts §8.2)."""
+"""Data scalers and PNG writers for sample grids.
+
+See docs/original_code.md#training-evaluation-and-data.
+"""
 
 import math
 

@@ -22,15 +22,15 @@ import ml_collections
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import shared_dir
+from conftest import FIXTURES
 from flax import traverse_util
 
 from score_sde_jax import checkpoints, torch_pickle
 from score_sde_jax.models import get_model
 from score_sde_jax.models.wideresnet import create_classifier
 
-OFFICIAL = shared_dir() / "fixtures" / "official_models"
-PORT = shared_dir() / "fixtures" / "pytorch_port"
+OFFICIAL = FIXTURES / "official_models"
+PORT = FIXTURES / "pytorch_port"
 CKPT = OFFICIAL / "ncsnpp_ve_small_ckpt" / "checkpoint_1"
 PTH = PORT / "ncsnpp_ve_small.pth"
 CKPT_SHA256 = "07ec72c4eca355c2c001501196e4c86dfba043d13facd4f1b244cba152b367da"

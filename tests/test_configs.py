@@ -1,18 +1,20 @@
-"""The 39 experiment configs of the original (facts §7) load, build and train.
+"""The 39 experiment configs of the original (docs/configs.md) load, build and train.
 
-* every config file the facts tables list exists at the same path under ``configs/{ve,vp,subvp}``
+* every config the original shipped exists at the same path under ``configs/{ve,vp,subvp}``
   and no other;
 * its network (`jax.eval_shape`, no real initialisation) has the parameter count of the original:
-  the fixture ``param_shapes_full.json`` where it lists the config, facts §6.4–6.6 otherwise;
-* its effective values equal the facts tables 7.3.A–E (parsed from the facts sheet), except the
-  documented fixes of the five configs that are broken in the original (facts §11.11–11.14);
+  the fixture ``param_shapes_full.json`` where it lists the config, `ORIGINAL_PARAM_COUNTS`
+  otherwise;
+* its effective values equal those of the original config (the fixture
+  ``configs/original_values.json``, 59 keys per config), except the documented fixes of the
+  five configs that are broken in the original (docs/original_code.md, D11–D14);
 * shrunk (8 x 8 images, batch 4, tiny widths, two resolution levels), it gets a batch from the
   real input pipeline under mock data (tfds mock data; an image folder for FFHQ) and runs one
   training step through train_lib (`create_train_state`, `train_step`): the program `jax.jit`
   would compile (its jaxpr), executed primitive by primitive (see `run_program`). Checked: the
   initial loss against the closed form of a zero-output network (at least that for the
-  RefineNets), the first Adam update's size lr (facts §2.5), moved parameters, the EMA update
-  of facts §2.6.
+  RefineNets), the first Adam update's size lr, moved parameters, and the EMA update
+  (docs/original_code.md#losses-optimizer-and-ema).
 """
 
 import functools
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import REPO_ROOT, shared_dir
+from conftest import FIXTURES, REPO_ROOT
 from PIL import Image
 
 from score_sde_jax import input_pipeline, models, score_fns, sde_lib, train_lib
@@ -41,12 +43,13 @@ CONFIGS = sorted(
     for p in (CONFIG_DIR / sde).rglob("*.py")
     if p.name != "__init__.py"
 )
-FACTS = shared_dir() / "reference" / "official_score_sde_facts.md"
-PARAM_SHAPES = shared_dir() / "fixtures" / "official_models" / "param_shapes_full.json"
+ORIGINAL_VALUES = FIXTURES / "configs" / "original_values.json"
+PARAM_SHAPES = FIXTURES / "official_models" / "param_shapes_full.json"
 
-# Facts §6.4–6.6 for the configs the fixture JSON does not list (NCSN v1 counts are those of the
-# fixed network; its embedding tables grow with N = num_scales).
-FACTS_PARAM_COUNTS = {
+# Parameter counts of the original networks for the configs the fixture JSON does not list
+# (docs/original_code.md#networks; NCSN v1 counts are those of the fixed network, whose
+# embedding tables grow with N = num_scales).
+ORIGINAL_PARAM_COUNTS = {
     "ve/cifar10_ncsnpp.py": 62_693_251,
     "ve/celeba_ncsnpp.py": 62_693_251,
     "vp/cifar10_ncsnpp.py": 62_693_251,
@@ -82,7 +85,8 @@ FACTS_PARAM_COUNTS = {
 }
 
 _1024_FIXES = {
-    # Keys the stand-alone originals lacked (facts §7.4, §11.14), now from default_1024_configs.
+    # Keys the stand-alone originals lacked (docs/original_code.md, D14), now from
+    # default_1024_configs.
     "training.n_jitted_steps": 1,
     "eval.enable_sampling": True,
     "eval.enable_loss": True,
@@ -92,14 +96,15 @@ _1024_FIXES = {
     "model.beta_min": 0.1,
     "model.beta_max": 20.0,
 }
-# Where a config deliberately differs from the original's effective value (facts §11.12–11.14).
+# Where a config deliberately differs from the original's effective value (docs/original_code.md,
+# D12–D14).
 FIXES = {
     "ve/ncsn/celeba.py": {"training.sde": "vesde"},  # the original set training.loss
     "ve/ncsnv2/bedroom.py": {"training.continuous": False},  # the original's `continuouse`
     "ve/ffhq_ncsnpp_continuous.py": _1024_FIXES,
     "ve/celebahq_ncsnpp_continuous.py": _1024_FIXES,
 }
-MISSING = object()  # a key the config does not set ("—" in the facts tables)
+MISSING = object()  # a key the config does not set
 
 
 def load_config(name: str):
@@ -122,40 +127,14 @@ def lookup(config, key: str):
     return node
 
 
-def parse_cell(text: str):
-    text = text.strip()
-    if text in ("—", "True", "False"):
-        return {"True": True, "False": False}.get(text, MISSING)
-    if text.startswith("["):
-        return json.loads(text)
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 @functools.cache
-def facts_tables() -> dict[str, dict[str, object]]:
-    """{config path: {dotted key: effective value}} from the facts sheet's tables 7.3.A–E."""
-    rows: dict[str, dict[str, object]] = {}
-    header = None
-    in_tables = False
-    for line in FACTS.read_text().splitlines():
-        if line.startswith("#### Table 7.3."):
-            in_tables, header = True, None
-        elif line.startswith("### 7.4"):
-            break
-        elif in_tables and line.startswith("| config |"):
-            header = [cell.strip() for cell in line.strip("|").split("|")][1:]
-        elif in_tables and header and line.startswith("| `"):
-            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-            name = cells[0].strip("`")
-            values = rows.setdefault(name, {})
-            for key, cell in zip(header, cells[1:], strict=True):
-                values[key] = parse_cell(cell)
-    return rows
+def original_values() -> dict[str, dict[str, object]]:
+    """{config path: {dotted key: effective value in the original}} from the fixture."""
+    data = json.loads(ORIGINAL_VALUES.read_text())
+    return {
+        name: {key: values.get(key, MISSING) for key in data["columns"]}
+        for name, values in data["configs"].items()
+    }
 
 
 def same_value(expected, actual) -> bool:
@@ -178,35 +157,35 @@ def same_value(expected, actual) -> bool:
 
 
 def test_the_39_configs_of_the_original_are_here_and_nothing_else():
-    assert len(facts_tables()) == 39
-    assert CONFIGS == sorted(facts_tables())
+    assert len(original_values()) == 39
+    assert CONFIGS == sorted(original_values())
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_effective_values_match_the_facts_tables(name):
+def test_effective_values_match_the_original(name):
     config = load_config(name)
-    expected = dict(facts_tables()[name], **FIXES.get(name, {}))
-    assert len(expected) == 59  # every column of tables 7.3.A–E
+    expected = dict(original_values()[name], **FIXES.get(name, {}))
+    assert len(expected) == 59  # every recorded key
     wrong = {
         key: (value, lookup(config, key))
         for key, value in expected.items()
         if not same_value(value, lookup(config, key))
     }
-    assert not wrong, f"{name}: (facts, config) differ for {wrong}"
+    assert not wrong, f"{name}: (original, config) differ for {wrong}"
 
 
 def test_the_fixes_of_the_broken_originals():
-    # NCSN v1 (facts §11.11): one embedding row per noise level, also after an override.
+    # NCSN v1 (docs/original_code.md, D11): one embedding row per noise level, also after an override.
     for name in (n for n in CONFIGS if n.startswith("ve/ncsn/")):
         config = load_config(name)
         assert config.model.num_classes == config.model.num_scales
         config.model.num_scales = 7
         assert config.model.num_classes == 7
-    assert "loss" not in load_config("ve/ncsn/celeba.py").training  # facts §11.12
-    assert "continuouse" not in load_config("ve/ncsnv2/bedroom.py").training  # §11.13
+    assert "loss" not in load_config("ve/ncsn/celeba.py").training  # D12
+    assert "continuouse" not in load_config("ve/ncsnv2/bedroom.py").training  # D13
     for name in ("ve/ffhq_ncsnpp_continuous.py", "ve/celebahq_ncsnpp_continuous.py"):
         config = load_config(name)
-        assert "device" not in config  # the original's torch.device (facts §11.14)
+        assert "device" not in config  # the original's torch.device (D14)
         # The original's author-local records path is a placeholder to fill in.
         assert config.data.tfrecords_path is None and config.data.path is None
 
@@ -259,7 +238,7 @@ def test_full_size_parameter_count(name):
     sizes = _param_sizes(models.get_model(config), *model_inputs(config))
     official = json.loads(PARAM_SHAPES.read_text()).get(name.removesuffix(".py"))
     if official is None:
-        assert sum(sizes) == FACTS_PARAM_COUNTS[name]
+        assert sum(sizes) == ORIGINAL_PARAM_COUNTS[name]
     else:
         # GroupNorm leaves are (1, 1, 1, C) there and (C,) here: compare sizes, not shapes.
         official_sizes = sorted(math.prod(shape) for shape in official["params"].values())
@@ -269,8 +248,8 @@ def test_full_size_parameter_count(name):
 
 def test_every_config_has_one_expected_parameter_count():
     listed = {k + ".py" for k in json.loads(PARAM_SHAPES.read_text()) if not k.startswith("_")}
-    assert sorted((listed & set(CONFIGS)) | set(FACTS_PARAM_COUNTS)) == CONFIGS
-    assert not listed & set(FACTS_PARAM_COUNTS)
+    assert sorted((listed & set(CONFIGS)) | set(ORIGINAL_PARAM_COUNTS)) == CONFIGS
+    assert not listed & set(ORIGINAL_PARAM_COUNTS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,7 +264,7 @@ def shrink(config, image_folder):
     """8 x 8 images, batch 4, the narrowest widths each network allows, two resolution levels."""
     config.data.image_size = SHRUNK_SIZE
     config.training.batch_size = config.eval.batch_size = SHRUNK_BATCH
-    # The original's warmup gives the first update learning rate 0 (facts §11.15).
+    # The original's warmup gives the first update learning rate 0 (docs/original_code.md, D15).
     config.optim.warmup = 0
     model = config.model
     if model.name in ("ncsnpp", "ddpm"):
@@ -433,8 +412,8 @@ def check_one_training_step(config):
     assert jax.tree.structure(state.params) == jax.tree.structure(params)
 
     # Each of the B·D dimensions adds (σ_t·s + z)² (or (ε̂ - z)²) to the loss, z ~ N(0, 1), and
-    # the reduction is a mean, or 0.5 x the sum over D (facts §2.1–2.4); B·D = 768 draws: sd 5 %.
-    # NCSN++ and DDPM start with a ~0 output (1e-10 / 0-initialised output layers, facts §6.0),
+    # the reduction is a mean, or 0.5 x the sum over D (docs/original_code.md#losses-optimizer-and-ema); B·D = 768 draws: sd 5 %.
+    # NCSN++ and DDPM start with a ~0 output (1e-10 / 0-initialised output layers),
     # so the loss is E[z²] = 1 per dimension; the RefineNets' output adds to it.
     per_example = 1.0 if config.training.reduce_mean else 0.5 * images[0].size
     assert np.isfinite(loss) and loss / per_example > 0.8
@@ -447,14 +426,14 @@ def check_one_training_step(config):
 
     before, after = jax.tree.leaves(params), jax.tree.leaves(state.params)
     moved = [np.any(a != b) for a, b in zip(before, after, strict=True)]
-    # Not all: residual branches end in a 1e-10-initialised conv (facts §6.0), so the leaves
+    # Not all: residual branches end in a 1e-10-initialised conv, so the leaves
     # before it get ~1e-10 gradients and a first update below float32 resolution; the
     # Fourier W is frozen.
     assert np.mean(moved) > 0.5
-    # Adam's first update is lr·g / (|g| + ε) per coordinate, whatever the clipping (facts §2.5):
+    # Adam's first update is lr·g / (|g| + ε) per coordinate, whatever the clipping:
     # no coordinate moves farther than lr, and those with |g| ≫ ε move by lr.
     steps = [np.max(np.abs(a - b)) for a, b in zip(after, before, strict=True)]
     assert max(steps) == pytest.approx(lr, rel=0.01)
-    # EMA from the initial parameters (facts §2.6).
+    # EMA from the initial parameters.
     for old, new, ema in zip(before, after, jax.tree.leaves(state.ema_params), strict=True):
         np.testing.assert_allclose(ema, mu * old + (1 - mu) * new, rtol=1e-5, atol=1e-6)

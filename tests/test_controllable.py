@@ -50,7 +50,7 @@ def test_gaussian_score_helper_matches_the_mixture_module():
 # ----------------------------------------------------------------------------------------------
 
 WEIGHTS = np.array([0.5, 0.3, 0.2])
-# Centred: a VE prior N(0, σ_max²) then matches the true time-T marginal (facts, testing notes).
+# Centred: a VE prior N(0, σ_max²) then matches the true time-T marginal (docs/testing.md).
 MEANS = np.array([[-1.5, -1.0], [1.5, -1.0], [0.0, 1.6]])
 MEANS = MEANS - WEIGHTS @ MEANS
 COVS = np.stack(
@@ -141,7 +141,7 @@ def inpainting_problem():
     cov = a @ a.T / D + 0.05 * np.eye(D)
     cov /= np.sqrt(np.outer(np.diag(cov), np.diag(cov)))  # unit variances
     # The extra independent N(0, 1) coordinates keep the Langevin step size 2(r‖z‖/‖s‖)² sane
-    # (in a few dimensions ‖s‖ ≈ 0 near the mean blows it up; facts sheet, testing notes).
+    # (in a few dimensions ‖s‖ ≈ 0 near the mean blows it up; docs/testing.md).
     full = np.eye(D + EXTRA)
     full[:D, :D] = cov
     s_kk, s_uk, s_uu = cov[:KNOWN, :KNOWN], cov[KNOWN:, :KNOWN], cov[KNOWN:, KNOWN:]
@@ -224,7 +224,7 @@ GRAY = 0.6
 
 def test_decoupling_matrix_is_the_original_orthonormal_one():
     np.testing.assert_allclose(M @ M.T, np.eye(3), atol=1e-6)
-    # The values stored in the original (facts §5.2).
+    # The values stored in the original (docs/original_code.md#controllable-generation).
     original = [
         [0.57735014, -0.81649649, 4.7e-8],
         [0.57735026, 0.40824834, 0.70710671],

@@ -3,7 +3,7 @@
 A tiny MLP on 8x8 digits is trained for two steps (checkpoints at steps 1 and 2, i.e. checkpoint
 indices 1 and 2 with snapshot_freq 1). Loss and bits/dim are recomputed independently from the
 public APIs (input pipeline, losses, likelihood) with the seeds `eval_lib` documents; the FID
-mode runs with the random-weight Inception of ../shared/fixtures/fid_inception.
+mode runs with the random-weight Inception of tests/fixtures/fid_inception.
 """
 
 import json
@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, shared_dir
+from conftest import FIXTURES, REPO_ROOT
 from test_inception import _regenerate_state_dict
 
 from score_sde_jax import (
@@ -180,7 +180,7 @@ class _Preempted(Exception):
 @pytest.fixture(scope="module")
 def fid_resources(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fid")
-    with np.load(shared_dir() / "fixtures" / "fid_inception" / "fid_inception_random.npz") as z:
+    with np.load(FIXTURES / "fid_inception" / "fid_inception_random.npz") as z:
         names = [str(n) for n in z["state_dict_names"]]
         state_dict = _regenerate_state_dict(names, json.loads(str(z["state_dict_shapes"])))
     weights = folder / "fid_inception_random.npz"

@@ -101,7 +101,7 @@ def results():
             for cfg in ACCEPTED + UNDER_RESOLVED
             if cfg[0] == name
         }
-        # The paper's sampler for continuous-time models (facts §3), without corrector.
+        # The paper's sampler for continuous-time models (Algorithm 1), without corrector.
         predictor = "reverse_diffusion" if name == "ve" else "euler_maruyama"
         samplers[name, "pc", sde.N] = sampling.get_pc_sampler(
             sde, gmm.get_score_fn_2d(sde), shape, predictor, "none", snr=0.16

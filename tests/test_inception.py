@@ -1,4 +1,4 @@
-"""The Flax FID Inception-v3 reproduces pytorch-fid on ../shared/fixtures/fid_inception (random
+"""The Flax FID Inception-v3 reproduces pytorch-fid on tests/fixtures/fid_inception (random
 weights regenerated from the fixture's recipe and loaded through the real file's name mapping)."""
 
 import hashlib
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import shared_dir
+from conftest import FIXTURES
 
 from score_sde_jax.evaluation import inception, inception_weights
 
@@ -20,7 +20,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 @pytest.fixture(scope="module")
 def fixture():
-    with np.load(shared_dir() / "fixtures" / "fid_inception" / "fid_inception_random.npz") as npz:
+    with np.load(FIXTURES / "fid_inception" / "fid_inception_random.npz") as npz:
         return {key: npz[key] for key in npz.files}
 
 

@@ -1,4 +1,4 @@
-"""Probability-flow likelihoods (facts §4) against closed-form densities of Gaussian mixtures."""
+"""Probability-flow likelihoods (App. D.2) against closed-form densities of Gaussian mixtures."""
 
 import collections
 import functools
@@ -118,7 +118,7 @@ def test_bits_per_dim_offset_and_dequantization():
     for x in (raw, dequantized):
         bpd, z, nfe = likelihood_fn(jax.random.PRNGKey(4), None, x)
         assert z.shape == x.shape and nfe.shape == (32,)
-        # offset 7 = 8 bits - log₂ 2 for x = 2y - 1 (facts §4).
+        # offset 7 = 8 bits - log₂ 2 for x = 2y - 1 (docs/original_code.md#likelihood).
         expected = -_gaussian_log_prob(sde, x, t_eps) / (d * math.log(2.0)) + 7.0
         np.testing.assert_allclose(np.asarray(bpd), expected, atol=2e-3)
         if x is raw:

@@ -1,4 +1,4 @@
-"""Losses (facts §2) against closed forms: the DSM minimum on Gaussian data, hand-computable toy
+"""Losses (Eq. (7); docs/original_code.md#losses-optimizer-and-ema) against closed forms: the DSM minimum on Gaussian data, hand-computable toy
 networks for the SMLD and DDPM losses, and a tiny MLP trained to the exact score's loss."""
 
 import math

@@ -2,7 +2,7 @@
 
 A shrunk member of the CIFAR-10 NCSN++ continuous family (``configs/ve/cifar10_ncsnpp_continuous``
 with nf 16, ch_mult (1, 2), one block per level, 16×16 images, attention at 8×8; batch 8) is
-differentiated through the config's own training loss (continuous VE score matching, facts §2.2)
+differentiated through the config's own training loss (continuous VE score matching, Eq. (7))
 with dropout on. Peak memory is XLA's compile-time buffer assignment
 (`memory_analysis()`: temporaries + arguments + outputs − aliased), the number
 `benchmarks/bench_memory.py` reports for the full-size networks.

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import shared_dir
+from conftest import FIXTURES
 
 from score_sde_jax import checkpoints, models, sde_lib
 
@@ -34,7 +34,7 @@ def _original_tree(z):
     ],
 )
 def test_network_score_equals_the_original(name):
-    z = np.load(shared_dir() / "fixtures" / "official_models" / f"{name}.npz")
+    z = np.load(FIXTURES / "official_models" / f"{name}.npz")
     info = json.loads(str(z["config_json"]))
     config = ml_collections.ConfigDict(info["config"])
     params = checkpoints.params_from_original(config, _original_tree(z))

@@ -1,4 +1,4 @@
-"""NCSN++ / DDPM++ equal the original networks (facts §6.1, §6.2, §6.6, fixtures README).
+"""NCSN++ / DDPM++ equal the original networks (tests/fixtures/official_models).
 
 Fixture outputs and parameter trees of the three small official networks, parameter paths/shapes
 and totals of the full-size configs, the FIR resampling ops against literal NumPy references,
@@ -13,13 +13,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import shared_dir
+from conftest import FIXTURES as FIXTURES_ROOT
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from score_sde_jax.models import get_model
 from score_sde_jax.models import up_or_down_sampling as fir_ops
 
-FIXTURES = shared_dir() / "fixtures" / "official_models"
+FIXTURES = FIXTURES_ROOT / "official_models"
 CASES = ("ncsnpp_ve_small", "ddpmpp_vp_small", "ncsnpp_outputskip_small")
 
 
@@ -141,7 +141,8 @@ def test_bfloat16_compute_stays_close_to_float32():
 
 
 def test_positional_scale_by_sigma_indexes_descending_sigmas():
-    """σ = exp(linspace(log σ_max, log σ_min, N))[int(label)] divides the output (facts §1.7)."""
+    """σ = exp(linspace(log σ_max, log σ_min, N))[int(label)] divides the output
+    (docs/original_code.md#sdes-and-time-conditioning)."""
     _, config, npz = _load_case("ddpmpp_vp_small")
     config.model.scale_by_sigma = True
     model = get_model(config)
@@ -156,7 +157,7 @@ def test_positional_scale_by_sigma_indexes_descending_sigmas():
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. Full-size configs: parameter paths, shapes and totals (facts §6.6, param_shapes_full.json).
+# 2. Full-size configs: parameter paths, shapes and totals (param_shapes_full.json).
 
 # Full-size config = a fixture's config with its `changed_fields` reverted, plus the listed
 # model changes (the deep variants differ from the base configs only in num_res_blocks; sub-VP
@@ -167,7 +168,7 @@ FULL_CONFIGS = {
     "vp/cifar10_ddpmpp_continuous": ("ddpmpp_vp_small", {}),
     "subvp/cifar10_ddpmpp_deep_continuous": ("ddpmpp_vp_small", {"num_res_blocks": 8}),
     "ve/celebahq_256_ncsnpp_continuous": ("ncsnpp_outputskip_small", {}),
-    # Totals only (facts §6.6 table).
+    # Totals only (docs/original_code.md#networks).
     "ve/cifar10_ncsnpp": (
         "ncsnpp_ve_small",
         {"embedding_type": "positional", "training.continuous": False},
@@ -228,14 +229,14 @@ def test_full_size_param_paths_shapes_and_total(name, official_shapes):
 
 
 @pytest.mark.parametrize("name", sorted(FACTS_TOTALS))
-def test_full_size_totals_from_facts_table(name):
+def test_full_size_totals_of_the_original(name):
     config = _full_config(name)
     shapes = _param_shapes(get_model(config), config.data.image_size)
     assert sum(int(np.prod(s)) for s in shapes.values()) == FACTS_TOTALS[name]
 
 
 # ------------------------------------------------------------------------------------------------
-# 3. FIR resampling against literal NumPy references (facts §6.1).
+# 3. FIR resampling against literal NumPy references (docs/original_code.md#networks).
 
 
 def _ref_upfirdn_2d(x, k2d, up=1, down=1, pad0=0, pad1=0):

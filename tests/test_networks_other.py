@@ -1,6 +1,6 @@
 """DDPM, NCSNv2, NCSN v1 and the noise-conditional WRN classifier against the original networks.
 
-Fixtures: ../shared/fixtures/official_models (README there). Small networks run eagerly (the
+Fixtures: tests/fixtures/official_models (README there). Small networks run eagerly (the
 fixtures were produced eagerly); full-size ones are only shape-evaluated.
 """
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import shared_dir
+from conftest import FIXTURES as FIXTURES_ROOT
 from flax import traverse_util
 
 from score_sde_jax.models import get_model
@@ -24,7 +24,7 @@ from score_sde_jax.models.normalization import (
     get_normalization,
 )
 
-FIXTURES = shared_dir() / "fixtures" / "official_models"
+FIXTURES = FIXTURES_ROOT / "official_models"
 # Modules whose scale/bias are flax GroupNorm leaves, stored (1, 1, 1, C) by flax <= 0.3.5.
 CLASSIFIER_GROUPNORMS = {"init_bn", "bn_2", "pre-pool-bn"}
 
@@ -157,7 +157,7 @@ def _config(name, image_size, centered, **model):
     )
 
 
-# facts §7.3.A / §6.3: vp/ddpm/cifar10 and the 256-px DDPM configs.
+# docs/configs.md: vp/ddpm/cifar10 and the 256-px DDPM configs.
 _DDPM = dict(
     ch_mult=(1, 2, 2, 2),
     num_res_blocks=2,
@@ -169,7 +169,7 @@ _DDPM = dict(
     normalization="GroupNorm",
     nonlinearity="swish",
 )
-# facts §6.4 / §7.3.A: ve/ncsnv2/* (and, with name 'ncsn', ve/ncsn/*).
+# docs/configs.md: ve/ncsnv2/* (and, with name 'ncsn', ve/ncsn/*).
 _NCSN = dict(
     normalization="InstanceNorm++",
     nonlinearity="elu",
@@ -200,7 +200,7 @@ FULL_CONFIGS = {
     ),
 }
 
-# facts §6.5 / §6.6 (NCSN v1 after the fix; the others measured on the original modules).
+# docs/original_code.md#networks (NCSN v1 after the fix; the others measured on the original modules).
 EXPECTED_COUNTS = {
     "vp/ddpm/cifar10": 35_218_947,
     "vp/ddpm/cifar10_unconditional": 32_329_347,

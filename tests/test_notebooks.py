@@ -7,12 +7,10 @@ is badly conditioned), so a notebook that runs without an error has passed them.
 about 30 s (inpainting) and 60 s (sampling) of CPU time, nearly all of it XLA compilation.
 """
 
-import pathlib
-
 import nbclient
 import nbformat
 import pytest
-from conftest import REPO_ROOT, shared_dir
+from conftest import REPO_ROOT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -21,9 +19,8 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 def test_notebook_executes(name, monkeypatch):
     path = NOTEBOOKS / f"{name}.ipynb"
     nb = nbformat.read(path, as_version=4)
-    # The kernel inherits the environment: small mode and the fixtures' folder.
+    # The kernel inherits the environment: small mode.
     monkeypatch.setenv("SCORE_SDE_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("SCORE_SDE_SHARED", str(pathlib.Path(shared_dir()).resolve()))
     client = nbclient.NotebookClient(
         nb,
         kernel_name="python3",

@@ -2,7 +2,7 @@
 
 A tiny MLP on 8x8 digits is trained for two steps by `train_lib.train_and_evaluate`; its
 checkpoint is sampled on 4 and on 1 simulated devices. The CLI runs on the released-format
-checkpoint of ../shared/fixtures/official_models.
+checkpoint of tests/fixtures/official_models.
 """
 
 import json
@@ -13,12 +13,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, shared_dir
+from conftest import FIXTURES, REPO_ROOT
 
 from score_sde_jax import sample_lib, train_lib
 from score_sde_jax.configs import digits
 
-OFFICIAL = shared_dir() / "fixtures" / "official_models"
+OFFICIAL = FIXTURES / "official_models"
 
 
 def tiny_config():

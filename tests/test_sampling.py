@@ -1,7 +1,7 @@
 """Samplers on exact Gaussian-mixture scores: every sampler must reproduce the mixture.
 
 The test problem is a centred 2-D mixture of three correlated Gaussians plus 30 independent
-N(0, 0.5²) dimensions (facts, testing notes): per-sample Langevin step sizes explode in two
+N(0, 0.5²) dimensions (docs/testing.md): per-sample Langevin step sizes explode in two
 dimensions wherever the score vanishes, while in 32 dimensions the norms concentrate as they do
 for images. The 2-D marginal is judged through posterior-weighted moments, whose expectations are
 exact (E[p(k|x)] = w_k, E[p(k|x) x] = w_k μ_k, E[p(k|x) x xᵀ] = w_k (Σ_k + μ_k μ_kᵀ)), against

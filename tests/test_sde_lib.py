@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import shared_dir
+from conftest import FIXTURES
 
 from score_sde_jax import gmm, score_fns, sde_lib
 
@@ -80,7 +80,7 @@ def test_bad_arguments_raise_clear_errors():
 
 
 def _fixture_config(name):
-    z = np.load(shared_dir() / "fixtures" / "official_models" / f"{name}.npz")
+    z = np.load(FIXTURES / "official_models" / f"{name}.npz")
     info = json.loads(str(z["config_json"]))
     return z, ml_collections.ConfigDict(info["config"]), info["continuous"]
 

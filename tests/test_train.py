@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
-from conftest import shared_dir
+from conftest import FIXTURES
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs.ve import cifar10_ncsnpp_continuous
@@ -125,7 +125,7 @@ def test_train_step_updates_params_ema_and_step():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 2)), jnp.float32)
     state0 = _quadratic_state(config)
     state1, metrics1 = _step(state0, x, config)
-    # Update 0 has learning rate 0 (facts §11.15): nothing moves, Adam's moments do.
+    # Update 0 has learning rate 0 (docs/original_code.md, D15): nothing moves, Adam's moments do.
     assert int(state1.step) == 1 and float(metrics1["learning_rate"]) == 0.0
     np.testing.assert_array_equal(state1.params["w"], state0.params["w"])
     np.testing.assert_array_equal(state1.ema_params["w"], state0.ema_params["w"])
@@ -322,7 +322,7 @@ def test_vp_cifar10_config_one_step_under_mock_data(tmp_path, fast_compile):
 
 
 def test_converted_original_checkpoint_resumes_training_for_ve_cifar10(tmp_path, fast_compile):
-    fixture = shared_dir() / "fixtures" / "official_models"
+    fixture = FIXTURES / "official_models"
     reference = np.load(fixture / "ncsnpp_ve_small.npz")
     # The fixture's network: the VE CIFAR-10 config with the changes its README lists.
     config = _shrink(cifar10_ncsnpp_continuous.get_config())
@@ -342,7 +342,7 @@ def test_converted_original_checkpoint_resumes_training_for_ve_cifar10(tmp_path,
         state = train_lib.train_and_evaluate(config, str(tmp_path), mesh=one_device())
     assert int(state.step) == step + 1
     # The file's raw weights are its EMA weights + 0.001; one update later the EMA is
-    # 0.999·ema + 0.001·params (facts §2.6) and the frozen Fourier W has not moved.
+    # 0.999·ema + 0.001·params (docs/original_code.md#losses-optimizer-and-ema) and the frozen Fourier W has not moved.
     params, ema_params = params_of(state)
     w = reference["params/GaussianFourierProjection_0/W"]
     np.testing.assert_allclose(params["GaussianFourierProjection_0"]["W"], w + 0.001, rtol=1e-6)

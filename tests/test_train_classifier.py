@@ -308,7 +308,7 @@ def test_cifar10_config_is_the_released_wrn_28_10():
     params = jax.eval_shape(
         classifier.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.ones(1)
     )["params"]
-    assert sum(p.size for p in jax.tree.leaves(params)) == 38_913_242  # facts §6.6
+    assert sum(p.size for p in jax.tree.leaves(params)) == 38_913_242  # the original WRN-28-10
     assert tuple(config.classifier.data_mean) == wideresnet.CIFAR10_MEAN
     assert tuple(config.classifier.data_std) == wideresnet.CIFAR10_STD
 

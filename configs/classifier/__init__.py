@@ -1,1 +1,1 @@
-"""Configs of the noise-conditional classifier for class-conditional sampling (facts §5.3)."""
+"""Configs of the noise-conditional classifier for class-conditional sampling (App. I.1)."""

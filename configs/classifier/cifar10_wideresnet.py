@@ -1,13 +1,15 @@
 """The noise-conditional WRN-28-10 classifier of CIFAR-10 used for class-conditional sampling.
 
-Facts (§5.3 and paper App. I.1): a WRN-28-10 (blocks_per_group 4, channel_multiplier 10, 10
-classes; 38,913,242 parameters) conditioned on log σ, trained on CIFAR-10 images y ∈ [0, 1]
-perturbed with VE noise y + σ z, normalised with the CIFAR-10 channel mean / std, and trained
-with cross-entropy losses mixed over noise scales. The original's training code and settings
+As in the paper (App. I.1) and the original code (docs/original_code.md#controllable-generation):
+a WRN-28-10 (blocks_per_group 4, channel_multiplier 10, 10 classes; 38,913,242 parameters)
+conditioned on log σ, trained on CIFAR-10 images y ∈ [0, 1] perturbed with VE noise y + σ z,
+normalised with the CIFAR-10 channel mean / std, and trained with cross-entropy losses mixed over
+noise scales. The original's training code and settings
 were not released, so the rest is our choice (marked below): the σ range is the CIFAR-10 VE
-SDE's [σ_min, σ_max] = [0.01, 50] (facts §1.4), so that the classifier covers every σ(t) the VE
-sampler visits, with log σ uniform (the VE SDE's σ(t) at uniform t); the optimizer settings are
-those of the score models (facts §2.5, §7.1) with a shorter run.
+SDE's [σ_min, σ_max] = [0.01, 50] (docs/original_code.md#sdes-and-time-conditioning), so that
+the classifier covers every σ(t) the VE sampler visits, with log σ uniform (the VE SDE's σ(t) at
+uniform t); the optimizer settings are those of the score models
+(docs/original_code.md#losses-optimizer-and-ema, docs/configs.md) with a shorter run.
 """
 
 import ml_collections

@@ -1,1 +1,1 @@
-"""Sub-variance-preserving SDE configs (facts §7.3)."""
+"""Sub-variance-preserving SDE configs (docs/configs.md)."""

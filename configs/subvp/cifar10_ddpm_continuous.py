@@ -1,4 +1,4 @@
-"""The DDPM U-Net trained with the continuous sub-VP objective on CIFAR-10 (facts §6.3, §7.3)."""
+"""The DDPM U-Net trained with the continuous sub-VP objective on CIFAR-10 (docs/configs.md)."""
 
 from configs import default_cifar10_configs
 

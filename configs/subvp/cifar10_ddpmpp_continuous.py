@@ -1,4 +1,4 @@
-"""DDPM++ (continuous) on CIFAR-10 with the sub-VP SDE (facts §7.3)."""
+"""DDPM++ (continuous) on CIFAR-10 with the sub-VP SDE (docs/configs.md)."""
 
 from configs import default_cifar10_configs
 

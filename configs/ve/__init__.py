@@ -1,1 +1,1 @@
-"""Variance-exploding SDE configs (facts §7.3)."""
+"""Variance-exploding SDE configs (docs/configs.md)."""

@@ -1,4 +1,4 @@
-"""NCSN++ trained with the discrete SMLD objective on CelebA 64 x 64, VE SDE (facts §7.3)."""
+"""NCSN++ trained with the discrete SMLD objective on CelebA 64 x 64, VE SDE (docs/configs.md)."""
 
 from configs import default_celeba_configs
 
@@ -16,7 +16,7 @@ def get_config():
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
 
-    # The original also sets model.sigma_begin = 90, which nothing reads (facts §7.4); σ_max
+    # The original also sets model.sigma_begin = 90, which nothing reads (docs/configs.md); σ_max
     # comes from the CelebA defaults.
     model = config.model
     model.name = "ncsnpp"

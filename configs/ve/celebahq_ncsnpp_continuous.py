@@ -1,10 +1,11 @@
-"""NCSN++ (continuous) on CelebA-HQ 1024 x 1024 with the VE SDE (facts §6.2, §7.3).
+"""NCSN++ (continuous) on CelebA-HQ 1024 x 1024 with the VE SDE (docs/configs.md).
 
-Fixed here (facts §7.4, §11.14): the original file was a stand-alone PyTorch-port config that
-imported torch (for an unused ``config.device``) and lacked training.n_jitted_steps,
-eval.enable_sampling / enable_loss / enable_bpd and eval.bpd_dataset, so the JAX code could not
-run it. It now builds on `default_1024_configs`, which supplies the missing keys; every value
-the original set is kept, except its author-local data.tfrecords_path (now a placeholder).
+Fixed here (docs/configs.md; docs/original_code.md, D14): the original file was a stand-alone
+PyTorch-port config that imported torch (for an unused ``config.device``) and lacked
+training.n_jitted_steps, eval.enable_sampling / enable_loss / enable_bpd and eval.bpd_dataset, so
+the JAX code could not run it. It now builds on `default_1024_configs`, which supplies the missing
+keys; every value the original set is kept, except its author-local data.tfrecords_path (now a
+placeholder).
 """
 
 from configs import default_1024_configs
@@ -20,7 +21,7 @@ def get_config():
     training = config.training
     training.sde = "vesde"
     training.continuous = True
-    # The original averages the loss for FFHQ-1024 but sums it for CelebA-HQ-1024 (facts §7.4).
+    # The original averages the loss for FFHQ-1024 but sums it for CelebA-HQ-1024 (docs/configs.md).
     training.reduce_mean = False
 
     sampling = config.sampling

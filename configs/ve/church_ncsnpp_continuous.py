@@ -1,4 +1,4 @@
-"""NCSN++ (continuous) on LSUN church_outdoor 256 x 256 with the VE SDE (facts §7.3)."""
+"""NCSN++ (continuous) on LSUN church_outdoor 256 x 256 with the VE SDE (docs/configs.md)."""
 
 from configs import default_lsun_configs
 

@@ -1,4 +1,4 @@
-"""NCSN++ trained with the discrete SMLD objective on CIFAR-10, VE SDE (facts §7.3)."""
+"""NCSN++ trained with the discrete SMLD objective on CIFAR-10, VE SDE (docs/configs.md)."""
 
 from configs import default_cifar10_configs
 

@@ -1,4 +1,4 @@
-"""NCSN++ (continuous) on CIFAR-10 with the VE SDE: the paper's FID 2.38 model (facts §7.3)."""
+"""NCSN++ (continuous) on CIFAR-10 with the VE SDE: the paper's FID 2.38 model (Table 3)."""
 
 from configs import default_cifar10_configs
 

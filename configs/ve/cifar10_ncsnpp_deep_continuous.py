@@ -1,4 +1,4 @@
-"""NCSN++ (continuous, deep) on CIFAR-10 with the VE SDE: the paper's FID 2.20 model (§7.3)."""
+"""NCSN++ (continuous, deep) on CIFAR-10 with the VE SDE: the paper's FID 2.20 model (Table 3)."""
 
 from configs import default_cifar10_configs
 

@@ -1,4 +1,4 @@
-"""NCSN++ (continuous) on FFHQ 256 x 256 with the VE SDE (facts §7.3)."""
+"""NCSN++ (continuous) on FFHQ 256 x 256 with the VE SDE (docs/configs.md)."""
 
 from ml_collections import config_dict
 

@@ -1,1 +1,1 @@
-"""Variance-preserving SDE configs (facts §7.3)."""
+"""Variance-preserving SDE configs (docs/configs.md)."""

@@ -1,4 +1,4 @@
-"""NCSN++ trained with the discrete DDPM objective on CIFAR-10, VP SDE (facts §7.3)."""
+"""NCSN++ trained with the discrete DDPM objective on CIFAR-10, VP SDE (docs/configs.md)."""
 
 from configs import default_cifar10_configs
 

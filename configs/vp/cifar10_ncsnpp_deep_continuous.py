@@ -1,4 +1,4 @@
-"""NCSN++ (continuous, deep) on CIFAR-10 with the VP SDE (facts §7.3)."""
+"""NCSN++ (continuous, deep) on CIFAR-10 with the VP SDE (docs/configs.md)."""
 
 from configs import default_cifar10_configs
 

@@ -2,7 +2,7 @@
 
 The data are 10,000 points of eight isotropic Gaussians (std 0.1) on the circle of radius 2
 (`score_sde_jax.datasets.toy_mixture`); snapshots are scatter plots. Same key layout as the
-paper configs (facts §7).
+paper configs (docs/configs.md).
 """
 
 import ml_collections

@@ -1,4 +1,5 @@
-"""Sample-quality metrics: the FID Inception-v3 network, its weights, and FID / KID / IS (facts §8.5).
+"""Sample-quality metrics: the FID Inception-v3 network, its weights, and FID / KID / IS
+(docs/original_code.md#training-evaluation-and-data).
 
 * `inception`: `FIDInceptionV3` (the 2015 TF graph as in pytorch-fid), `preprocess`,
   `make_inception_fn`, `compute_inception_outputs`.

@@ -1,4 +1,4 @@
-"""The FID Inception-v3 network in Flax Linen (facts §8.5).
+"""The FID Inception-v3 network in Flax Linen (docs/original_code.md#training-evaluation-and-data).
 
 This is the Inception-v3 graph TensorFlow published in December 2015 (``inception-2015-12-05``),
 the network behind every standard FID / IS / KID number, with the preprocessing of its PyTorch
@@ -312,8 +312,8 @@ def compute_inception_outputs(
 
     Incoming batches may have any (varying) size; they are re-cut into chunks of ``batch_size``
     so that the network compiles once, and the last partial chunk is zero-padded and its padding
-    discarded, so no image is dropped (the original's statistics missed the remainder, facts
-    §8.5 / PR #5).
+    discarded, so no image is dropped (the original's statistics missed the remainder, see
+    score_sde PR #5 and docs/original_code.md#training-evaluation-and-data).
 
     Args:
       inception_fn: e.g. `make_inception_fn(variables)`.

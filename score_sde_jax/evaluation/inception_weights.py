@@ -1,4 +1,5 @@
-"""Weights of the FID Inception-v3: locating, converting and loading them (facts §8.5).
+"""Weights of the FID Inception-v3: locating, converting and loading them
+(docs/original_code.md#training-evaluation-and-data).
 
 The weights are the standard FID file ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid's
 port of TensorFlow's 2015 Inception graph). They are read from a local file only; nothing is ever

@@ -1,4 +1,5 @@
-"""FID, KID and Inception Score from Inception features, as TF-GAN computes them (facts §8.5).
+"""FID, KID and Inception Score from Inception features, as TF-GAN computes them
+(docs/original_code.md#training-evaluation-and-data).
 
 All functions take host arrays (NumPy or anything ``np.asarray`` accepts) and compute in float64:
 they run once per evaluation on at most a few 50,000 x 2048 matrices, where float32 would cost
@@ -17,7 +18,8 @@ def _as_features(features, name: str) -> np.ndarray:
 
 
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of features, the Gaussian that FID compares (facts §8.5).
+    """Mean and covariance of features, the Gaussian that FID compares
+    (docs/original_code.md#training-evaluation-and-data).
 
     Args:
       features: [N, D] (e.g. pool_3 activations), N >= 2.
@@ -39,7 +41,7 @@ def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
 
 
 def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017; facts §8.5).
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017).
 
     FID = |mu1 - mu2|^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
 
@@ -104,7 +106,8 @@ def _polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def kid_and_std(features_a, features_b, max_block_size: int = 1024) -> tuple[float, float]:
-    """Kernel Inception Distance and its standard error, exactly as TF-GAN blocks it (facts §8.5).
+    """Kernel Inception Distance and its standard error, exactly as TF-GAN blocks it
+    (docs/original_code.md#training-evaluation-and-data).
 
     KID (Bińkowski et al. 2018) is the unbiased estimate of the squared MMD with the polynomial
     kernel k(x, y) = (x.y / d + 1)^3. Following TF-GAN's
@@ -162,7 +165,8 @@ def kid(features_a, features_b, max_block_size: int = 1024) -> float:
 
 
 def inception_score(logits) -> float:
-    """Inception Score exp(E_x KL(p(y|x) || p(y))) from logits, single split (facts §8.5).
+    """Inception Score exp(E_x KL(p(y|x) || p(y))) from logits, single split
+    (docs/original_code.md#training-evaluation-and-data).
 
     As TF-GAN's ``classifier_score_from_logits``: p(y|x) = softmax(logits) over all given
     classes (the FID Inception's 1008 logits in the original), p(y) = the mean of p(y|x) over

@@ -76,5 +76,8 @@ def get_model_fn(model):
 
 
 def get_score_fn(sde, model, continuous: bool):
-    """``score_fn(params, x, t, rng=None)`` of a network (facts §1.7; see `score_fns`)."""
+    """``score_fn(params, x, t, rng=None)`` of a network (see `score_fns`).
+
+    See docs/original_code.md#sdes-and-time-conditioning.
+    """
     return score_fns.get_score_fn(sde, get_model_fn(model), continuous)

@@ -1,8 +1,9 @@
 """The DDPM U-Net (Ho et al. 2020) as ported by score_sde, registered as ``model.name = 'ddpm'``.
 
-Facts §6.3. This is the port's topology, not Ho et al.'s exactly (facts §11 item 20): one attention
-block per up-sampling level (after its residual blocks) and NIN init scale 0.1, giving 35,218,947
-parameters on CIFAR-10 (32,329,347 unconditional; 111,569,923 for the 256-px configs).
+See docs/original_code.md#networks. This is the port's topology, not Ho et al.'s exactly
+(docs/original_code.md, D20): one attention block per up-sampling level (after its residual blocks)
+and NIN init scale 0.1, giving 35,218,947 parameters on CIFAR-10 (32,329,347 unconditional;
+111,569,923 for the 256-px configs).
 
 Labels: with ``conditional`` the label goes straight into the sinusoidal embedding, so it may be
 a float (VP: 999·t continuous, (N−1)·t discrete, unrounded) or an integer (VE discrete);

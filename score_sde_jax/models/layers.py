@@ -1,4 +1,4 @@
-"""Building blocks shared by every score network (facts §6.0).
+"""Building blocks shared by every score network (docs/original_code.md#networks).
 
 Initialisers, activations, the DDPM 1×1 "network-in-network" layer and the two time embeddings.
 Class names matter: Flax auto-names submodules ``<ClassName>_<k>``, and the released checkpoints
@@ -117,7 +117,8 @@ class GaussianFourierProjection(nn.Module):
 def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int):
     """Discrete VE noise levels exp(linspace(log σ_max, log σ_min, N)), DESCENDING (label 0 = σ_max).
 
-    Computed in float64 like the original (numpy), then stored as float32 (facts §1.7).
+    Computed in float64 like the original (numpy), then stored as float32
+    (docs/original_code.md#sdes-and-time-conditioning).
     """
     sigmas = np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))
     return jnp.asarray(sigmas, dtype=jnp.float32)

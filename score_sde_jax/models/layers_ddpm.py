@@ -1,4 +1,5 @@
-"""Blocks of the DDPM U-Net (Ho et al. 2020, as ported by score_sde; facts §6.0 and §6.3).
+"""Blocks of the DDPM U-Net (Ho et al. 2020, as ported by score_sde;
+docs/original_code.md#networks).
 
 Class names and the order in which each block creates its layers reproduce the original, so the
 released parameter trees load without renaming (``ResnetBlockDDPM_k/{GroupNorm_0, Conv_0,
@@ -47,7 +48,8 @@ class ResnetBlockDDPM(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over all H·W positions with a residual connection (§6.0)."""
+    """Single-head self-attention over all H·W positions with a residual connection
+    (docs/original_code.md#networks)."""
 
     normalize: Callable[[], nn.Module]
 

@@ -1,4 +1,4 @@
-"""Layers of NCSN++ / DDPM++ (facts §6.0 and §6.2).
+"""Layers of NCSN++ / DDPM++ (docs/original_code.md#networks).
 
 Class names and the order in which each block creates its submodules define the parameter paths
 (``GroupNorm_0``, ``Conv_0``, ``Dense_0``, ``NIN_k``, ``Conv2d_0``, ...), which must equal the
@@ -240,7 +240,8 @@ class Downsample(nn.Module):
         out_ch = self.out_ch or x.shape[-1]
         if not self.fir:
             if self.with_conv:
-                # Flax 'SAME' with stride 2 pads 0 before / 1 after on even sizes (facts §6.0).
+                # Flax 'SAME' with stride 2 pads 0 before / 1 after on even sizes
+                # (docs/original_code.md#networks).
                 return conv3x3(out_ch, stride=2, dtype=self.dtype)(x)
             return fir_ops.naive_downsample_2d(x, factor=2)
         if not self.with_conv:
@@ -282,7 +283,10 @@ class ResnetBlockDDPMpp(nn.Module):
 
 
 class ResnetBlockBigGANpp(nn.Module):
-    """BigGAN-style residual block that can itself up- or downsample (facts §6.2)."""
+    """BigGAN-style residual block that can itself up- or downsample.
+
+    See docs/original_code.md#networks.
+    """
 
     act: Callable
     up: bool = False

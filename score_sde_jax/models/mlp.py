@@ -1,10 +1,10 @@
 """A time-conditioned residual MLP score network for low-dimensional (toy) data.
 
-Not part of the original code base: it plays the role NCSN++/DDPM++ play for images on 2-D
-mixtures and other vector data, with the same conventions (facts §1.7, §6.2): the raw label is
-embedded (Gaussian Fourier features of log σ, or the DDPM sinusoidal embedding), VP/sub-VP
-networks are read as noise predictors by `score_sde_jax.score_fns`, and VE networks may divide
-their output by σ (``scale_by_sigma``).
+Not part of the original code base: it plays the role NCSN++/DDPM++ play for images on 2-D mixtures
+and other vector data, with the same conventions (docs/original_code.md#sdes-and-time-conditioning):
+the raw label is embedded (Gaussian Fourier features of log σ, or the DDPM sinusoidal embedding),
+VP/sub-VP networks are read as noise predictors by `score_sde_jax.score_fns`, and VE networks may
+divide their output by σ (``scale_by_sigma``).
 
 Config keys (``config.model``): ``nf`` (hidden width, default 128), ``num_layers`` (residual
 blocks, default 3), ``nonlinearity`` (default 'swish'), ``embedding_type`` ('positional' or

@@ -1,4 +1,4 @@
-"""NCSN++ and DDPM++ (Song et al. 2021, App. H; facts §6.2): one configurable U-Net.
+"""NCSN++ and DDPM++ (Song et al. 2021, App. H): one configurable U-Net.
 
 NCSN++ = BigGAN residual blocks + FIR resampling + an input pyramid; DDPM++ is the same class
 without FIR and pyramid. The parameter tree equals the original's (module class names and
@@ -45,13 +45,13 @@ class NCSNpp(nn.Module):
     the output is divided by σ: the label itself (Fourier) or ``sigmas[int(label)]`` with
     ``sigmas = exp(linspace(log σ_max, log σ_min, N))`` (positional).
 
-    Attributes mirror ``config.model`` (facts §6.2, Table 7.3.C); ``centered`` is
-    ``config.data.centered`` (inputs in [0, 1] are mapped to [−1, 1] when False). ``dtype`` is
-    the computation dtype of convolutions, GroupNorms and dense layers (``config.model.dtype``,
-    not an original key; default float32, which reproduces the original). Parameters, the
-    Fourier/sinusoidal features, attention and the returned output stay float32, so losses and
-    optimizer state are float32 too. ``remat`` (``config.model.remat``, not an original key,
-    default False) recomputes the activations of every residual and attention block in the
+    Attributes mirror ``config.model`` (docs/original_code.md#networks; docs/configs.md);
+    ``centered`` is ``config.data.centered`` (inputs in [0, 1] are mapped to [−1, 1] when False).
+    ``dtype`` is the computation dtype of convolutions, GroupNorms and dense layers
+    (``config.model.dtype``, not an original key; default float32, which reproduces the original).
+    Parameters, the Fourier/sinusoidal features, attention and the returned output stay float32, so
+    losses and optimizer state are float32 too. ``remat`` (``config.model.remat``, not an original
+    key, default False) recomputes the activations of every residual and attention block in the
     backward pass instead of storing them (`layerspp.rematerialized`): less memory for about
     one more forward pass per step, same parameter tree and same values.
     """
@@ -280,7 +280,10 @@ class NCSNpp(nn.Module):
         return h
 
     def sigmas(self):
-        """Descending noise levels exp(linspace(log σ_max, log σ_min, N)) (facts §1.7), float32."""
+        """Descending noise levels exp(linspace(log σ_max, log σ_min, N)), float32.
+
+        See docs/original_code.md#sdes-and-time-conditioning.
+        """
         sigmas = np.exp(
             np.linspace(np.log(self.sigma_max), np.log(self.sigma_min), self.num_scales)
         )

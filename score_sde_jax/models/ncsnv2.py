@@ -1,4 +1,4 @@
-"""NCSN (v1) and NCSNv2 RefineNet score networks (facts §6.4, §6.5).
+"""NCSN (v1) and NCSNv2 RefineNet score networks (docs/original_code.md#networks).
 
 Registered names: 'ncsnv2_64' (≤ 64 px), 'ncsnv2_128' (96–128 px), 'ncsnv2_256' and 'ncsn'.
 All share one topology, described by two tuples:
@@ -12,7 +12,7 @@ All share one topology, described by two tuples:
 NCSNv2 (Song & Ermon 2020) is noise-unconditional inside and divides its output by σ[label]
 (``scale_by_sigma``); NCSN v1 (Song & Ermon 2019) instead conditions every normalization on the
 integer noise label through per-level embeddings (conditional InstanceNorm++), with no output
-scaling. The original NCSN v1 could not be built (facts §11 item 11): its configs never set
+scaling. The original NCSN v1 could not be built (docs/original_code.md, D11): its configs never set
 ``model.num_classes`` and a downsampling block misused the normalization factory. Here the number
 of classes is ``model.num_scales`` (one embedding row per noise level, as the method requires) and
 the block is fixed; CIFAR-10 (N = 10) then has 34,428,675 parameters.
@@ -94,7 +94,7 @@ class NCSNv2(nn.Module):
             nonlinearity=m.nonlinearity,
             interpolation=m.get("interpolation", "bilinear"),
             centered=config.data.centered,
-            # The NCSN v1 configs do not scale by sigma (facts §6.5).
+            # The NCSN v1 configs do not scale by sigma (docs/original_code.md#networks).
             scale_by_sigma=m.get("scale_by_sigma", False) if conditional else m.scale_by_sigma,
             sigma_min=m.sigma_min,
             sigma_max=m.sigma_max,

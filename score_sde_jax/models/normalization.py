@@ -1,4 +1,6 @@
-"""Normalization layers of NCSN / NCSNv2 (facts §6.4, §6.5), selectable by ``model.normalization``.
+"""Normalization layers of NCSN / NCSNv2, selectable by ``model.normalization``.
+
+See docs/original_code.md#networks.
 
 InstanceNorm++ (Song & Ermon 2019, eq. in App. A of "Generative Modeling by Estimating Gradients
 of the Data Distribution") keeps the information that plain instance normalization throws away:
@@ -107,7 +109,10 @@ def _per_label_affine(y, num_classes: int, channels: int, num_scaled: int, num_b
 
 
 class ConditionalInstanceNorm2dPlus(nn.Module):
-    """Noise-conditional InstanceNorm++ (NCSN v1, facts §6.5): out = γ_y (h + α_y·μ̃) + β_y."""
+    """Noise-conditional InstanceNorm++ (NCSN v1): out = γ_y (h + α_y·μ̃) + β_y.
+
+    See docs/original_code.md#networks.
+    """
 
     num_classes: int
     use_bias: bool = True

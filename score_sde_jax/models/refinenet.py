@@ -1,4 +1,4 @@
-"""RefineNet building blocks of NCSN (v1) and NCSNv2 (facts §6.0, §6.4, §6.5).
+"""RefineNet building blocks of NCSN (v1) and NCSNv2 (docs/original_code.md#networks).
 
 Class names and layer creation order follow the original, so released parameter trees load
 unchanged: ``ResidualBlock_k/{<Norm>_0, Conv_0, <Norm>_1, Conv_1 | ConvMeanPool_0/1, Conv_2}``,
@@ -8,7 +8,8 @@ unchanged: ``ResidualBlock_k/{<Norm>_0, Conv_0, <Norm>_1, Conv_1 | ConvMeanPool_
 
 The conditional blocks take the integer noise label ``y`` and feed it to every normalization
 (NCSN v1). ``ConditionalResidualBlock`` fixes the original's downsampling branch, which called the
-normalization factory with (h, y) instead of creating a layer and applying it (facts §11 item 11).
+normalization factory with (h, y) instead of creating a layer and applying it
+(docs/original_code.md, D11).
 """
 
 from collections.abc import Callable, Sequence
@@ -77,7 +78,7 @@ class ConvMeanPool(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Pre-activation residual block of the NCSNv2 backbone (facts §6.4).
+    """Pre-activation residual block of the NCSNv2 backbone (docs/original_code.md#networks).
 
     ``resample='down'`` halves the spatial size only for ``dilation == 1`` (ConvMeanPool); the
     dilated "down" blocks keep it, as in the original NCSNv2.
@@ -96,7 +97,8 @@ class ResidualBlock(nn.Module):
 
 
 class ConditionalResidualBlock(nn.Module):
-    """`ResidualBlock` whose normalizations are noise-conditional (NCSN v1, facts §6.5)."""
+    """`ResidualBlock` whose normalizations are noise-conditional (NCSN v1,
+    docs/original_code.md#networks)."""
 
     output_dim: int
     normalization: Callable[[], nn.Module]

@@ -1,4 +1,6 @@
-"""FIR up/down-sampling of NHWC images and the fused resampling convolution (facts §6.1).
+"""FIR up/down-sampling of NHWC images and the fused resampling convolution.
+
+See docs/original_code.md#networks.
 
 The operations follow StyleGAN2's ``upfirdn_2d`` family, which the original NCSN++ uses. A 1-D
 kernel ``k`` stands for the 2-D kernel ``outer(k, k) / sum(outer(k, k))``; because that kernel is
@@ -51,7 +53,8 @@ def _upfirdn_1d(x, taps: np.ndarray, axis: int, up: int, down: int, pad0: int, p
 
 
 def upfirdn_2d(x, k: Sequence[float], up: int = 1, down: int = 1, pad0: int = 0, pad1: int = 0):
-    """Upsample, FIR-filter and downsample each channel of ``x`` [B, H, W, C] (facts §6.1).
+    """Upsample, FIR-filter and downsample each channel of ``x`` [B, H, W, C]
+    (docs/original_code.md#networks).
 
     Along both spatial axes: insert ``up - 1`` zeros after each pixel, pad ``pad0`` before and
     ``pad1`` after (negative values crop), convolve with the 2-D kernel ``outer(k, k)`` (``k`` used

@@ -1,4 +1,4 @@
-"""Noise-conditional Wide ResNet classifier p_φ(y | x, σ) for class-conditional sampling (facts §5.3).
+"""Noise-conditional Wide ResNet classifier p_φ(y | x, σ) for class-conditional sampling (App. I.1).
 
 The classifier of the original's controllable-generation demo: a WRN (Zagoruyko & Komodakis 2016)
 whose residual blocks add a projection of a Gaussian-Fourier embedding of log σ, with GroupNorm
@@ -17,7 +17,8 @@ import numpy as np
 
 from score_sde_jax.models.layers import GaussianFourierProjection
 
-# CIFAR-10 per-channel statistics the released classifier was trained with (facts §5.3).
+# CIFAR-10 per-channel statistics the released classifier was trained with
+# (docs/original_code.md#controllable-generation).
 CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
 CIFAR10_STD = (0.24703223, 0.24348513, 0.26158784)
 
@@ -158,7 +159,8 @@ def get_logit_fn(classifier: WideResnet, data_mean=CIFAR10_MEAN, data_std=CIFAR1
 
     ``x`` is in the VE data space [0, 1] (noisy); ``sigmas`` [B] are the noise levels σ(t).
     ``data_mean`` / ``data_std`` are per-channel statistics of the training data, by default
-    CIFAR-10's (facts §5.3); a classifier trained on other data passes its own.
+    CIFAR-10's (docs/original_code.md#controllable-generation); a classifier trained on other
+    data passes its own.
     """
     mean = jnp.asarray(data_mean, jnp.float32)
     std = jnp.asarray(data_std, jnp.float32)
@@ -203,8 +205,9 @@ def get_classifier_fn(
     x(t) = m(t) x0 + s(t) z of any of the linear SDEs (m, s from ``sde.marginal_prob``) is m times
     the VE-perturbed x0 + (s/m) z, so the classifier is shown x(t)/m at noise level σ = s/m; for
     ``centered`` data (x0 = 2y - 1 ∈ [-1, 1]) it is shown (x(t)/m + 1)/2 at σ = s/(2m). For the
-    VE SDE on [0, 1] data this is the original's input, σ(t) the marginal std (facts §5.3); the
-    original fed that std to the classifier for every SDE (facts §11.10).
+    VE SDE on [0, 1] data this is the original's input, σ(t) the marginal std
+    (docs/original_code.md#controllable-generation); the original fed that std to the classifier
+    for every SDE (docs/original_code.md, D10).
 
     Args:
       classifier: the `WideResnet` module.

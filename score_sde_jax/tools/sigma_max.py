@@ -6,7 +6,7 @@
 Technique 1 of NCSNv2 (Song & Ermon 2020, "Improved techniques for training score-based
 generative models"): choose the initial noise scale σ_max as large as the maximum Euclidean
 distance between any two training points, so that the perturbed distribution at t = 1 covers the
-data; the original's README gives this advice for VE on new data (facts §7.2, §7.4). Distances
+data; the original's README gives this advice for VE on new data (docs/configs.md). Distances
 are measured in the model space of the config ([0, 1] images, or [-1, 1] if ``data.centered``;
 VE configs are uncentered), without flips or dequantization. On a random subsample the result is
 a lower bound of the full-data maximum (it uses every example when ``num_samples`` covers them).

@@ -1,4 +1,4 @@
-"""Reference Inception statistics of a dataset for FID / KID (facts §8.5).
+"""Reference Inception statistics of a dataset for FID / KID.
 
     python -m score_sde_jax.tools.stats --config=configs/ve/cifar10_ncsnpp_continuous.py \\
         [--output=cifar10_stats.npz] [--split=train|eval] [--batch_size=500] [--data_dir=DIR] \\
@@ -18,6 +18,7 @@ score_sde PR #5: uint8 in [0, 255], no dequantization, no dropped last batch; th
 
 Unlike the original, images of 256 px and more go through the same FID network (resized to 299),
 not TF-Hub's ``inception_v3/feature_vector/4``, so the numbers are comparable with other FIDs.
+The original's metrics: docs/original_code.md#training-evaluation-and-data.
 """
 
 import concurrent.futures
@@ -44,7 +45,7 @@ class DatasetStats(NamedTuple):
 
 
 def stats_filename(config) -> str:
-    """The original's file name for ``config.data`` (``cifar10_stats.npz``, ...; facts §8.5).
+    """The original's file name for ``config.data`` (``cifar10_stats.npz``, ...).
 
     CIFAR-10 and CelebA: ``<dataset>_stats.npz``; LSUN: ``lsun_<category>_<image_size>_stats.npz``;
     other datasets (which the original did not support): ``<dataset>_<image_size>_stats.npz``.

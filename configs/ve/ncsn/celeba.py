@@ -1,8 +1,9 @@
-"""NCSN v1 on CelebA 64 x 64: σ from 1 to 0.01 in N = 10 levels, annealed Langevin (facts §7.3).
+"""NCSN v1 on CelebA 64 x 64: σ from 1 to 0.01 in N = 10 levels, annealed Langevin.
 
-Fixed here: the original sets ``training.loss = 'vesde'`` instead of ``training.sde`` (facts
-§11.12), so no SDE was configured; this file sets training.sde = 'vesde'. As in every NCSN v1
-config, model.num_classes (never set in the original, facts §11.11) is tied to model.num_scales.
+See docs/configs.md. Fixed here: the original sets ``training.loss = 'vesde'`` instead of
+``training.sde`` (docs/original_code.md, D12), so no SDE was configured; this file sets
+training.sde = 'vesde'. As in every NCSN v1 config, model.num_classes (never set in the original,
+docs/original_code.md, D11) is tied to model.num_scales.
 """
 
 from configs import default_celeba_configs

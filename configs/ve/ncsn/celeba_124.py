@@ -1,8 +1,9 @@
-"""NCSN v1 on CelebA plus techniques 1, 2 and 4 of NCSNv2 (facts §7.2, §7.3).
+"""NCSN v1 on CelebA plus techniques 1, 2 and 4 of NCSNv2 (docs/configs.md).
 
 1: initial noise σ_max = 90 (the largest pairwise distance of the training images); 2: N = 500
 geometric noise levels; 4: 5 Langevin steps per level with snr 0.128. Inherits the NCSN v1 fix of
-`celeba`: model.num_classes, missing in the original (facts §11.11), follows model.num_scales.
+`celeba`: model.num_classes, missing in the original (docs/original_code.md, D11), follows
+model.num_scales.
 """
 
 from configs.ve.ncsn import celeba

@@ -1,6 +1,6 @@
-"""NCSN v1 on CIFAR-10: σ from 1 to 0.01 in N = 10 levels, annealed Langevin (facts §7.2, §7.3).
+"""NCSN v1 on CIFAR-10: σ from 1 to 0.01 in N = 10 levels, annealed Langevin (docs/configs.md).
 
-Fixed here (facts §6.5, §11.11): the original never sets model.num_classes, which NCSN v1's
+Fixed here (docs/original_code.md, D11): the original never sets model.num_classes, which NCSN v1's
 noise-conditional normalizations need, so the network could not be built. It is tied to
 model.num_scales (one embedding row per noise level), and follows command-line overrides of it.
 """

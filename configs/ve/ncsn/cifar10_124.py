@@ -1,8 +1,9 @@
-"""NCSN v1 on CIFAR-10 plus techniques 1, 2 and 4 of NCSNv2 (facts §7.2, §7.3).
+"""NCSN v1 on CIFAR-10 plus techniques 1, 2 and 4 of NCSNv2 (docs/configs.md).
 
 1: initial noise σ_max = 50 (the largest pairwise distance of the training images); 2: N = 232
 geometric noise levels; 4: 5 Langevin steps per level with snr 0.176. Inherits the NCSN v1 fix of
-`cifar10`: model.num_classes, missing in the original (facts §11.11), follows model.num_scales.
+`cifar10`: model.num_classes, missing in the original (docs/original_code.md, D11), follows
+model.num_scales.
 """
 
 from configs.ve.ncsn import cifar10

@@ -1,7 +1,7 @@
-"""NCSN v1 on CIFAR-10 plus techniques 1, 2, 4 and 5 of NCSNv2 (facts §7.2, §7.3).
+"""NCSN v1 on CIFAR-10 plus techniques 1, 2, 4 and 5 of NCSNv2 (docs/configs.md).
 
-Inherits the NCSN v1 fix of `cifar10`: model.num_classes, missing in the original (facts §11.11),
-follows model.num_scales.
+Inherits the NCSN v1 fix of `cifar10`: model.num_classes, missing in the original
+(docs/original_code.md, D11), follows model.num_scales.
 """
 
 from configs.ve.ncsn import cifar10_124

@@ -1,7 +1,7 @@
-"""NCSN v1 on CIFAR-10 plus technique 5 of NCSNv2: an EMA of the weights (facts §7.2, §7.3).
+"""NCSN v1 on CIFAR-10 plus technique 5 of NCSNv2: an EMA of the weights (docs/configs.md).
 
-Inherits the NCSN v1 fix of `cifar10`: model.num_classes, missing in the original (facts §11.11),
-is tied to model.num_scales.
+Inherits the NCSN v1 fix of `cifar10`: model.num_classes, missing in the original
+(docs/original_code.md, D11), is tied to model.num_scales.
 """
 
 from configs.ve.ncsn import cifar10

@@ -1,1 +1,1 @@
-"""VE SDE configs of NCSNv2 (Song & Ermon, 2020) (facts §7.3)."""
+"""VE SDE configs of NCSNv2 (Song & Ermon, 2020) (docs/configs.md)."""

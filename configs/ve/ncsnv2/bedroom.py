@@ -1,9 +1,9 @@
-"""NCSNv2 on LSUN bedroom 128 x 128: σ from 190 to 0.01 in N = 1086 levels (facts §7.3).
+"""NCSNv2 on LSUN bedroom 128 x 128: σ from 190 to 0.01 in N = 1086 levels (docs/configs.md).
 
-Fixed here (facts §11.13): the original sets ``training.continuouse = False`` (typo), so
-training.continuous kept the default True and the continuous loss fed float σ labels to NCSNv2,
-which indexes its σ table with integer labels and fails. This file sets training.continuous =
-False, the discrete SMLD training the config was written for.
+Fixed here (docs/original_code.md, D13): the original sets ``training.continuouse = False`` (typo),
+so training.continuous kept the default True and the continuous loss fed float σ labels to NCSNv2,
+which indexes its σ table with integer labels and fails. This file sets training.continuous = False,
+the discrete SMLD training the config was written for.
 """
 
 from configs import default_lsun_configs
@@ -27,7 +27,8 @@ def get_config():
 
     data = config.data
     data.category = "bedroom"
-    data.image_size = 128  # short side resized to 128, then a central crop (facts §8.4)
+    data.image_size = 128  # short side resized to 128, then a central crop
+    # (docs/original_code.md#training-evaluation-and-data)
 
     model = config.model
     model.name = "ncsnv2_128"

@@ -1,4 +1,7 @@
-"""NCSNv2 on CelebA 64 x 64: σ from 90 to 0.01 in N = 500 levels, annealed Langevin (§7.3)."""
+"""NCSNv2 on CelebA 64 x 64: σ from 90 to 0.01 in N = 500 levels, annealed Langevin.
+
+See docs/configs.md.
+"""
 
 from configs import default_celeba_configs
 

@@ -1,4 +1,4 @@
-"""NCSNv2 on CIFAR-10: σ from 50 to 0.01 in N = 232 levels, annealed Langevin (facts §7.3)."""
+"""NCSNv2 on CIFAR-10: σ from 50 to 0.01 in N = 232 levels, annealed Langevin (docs/configs.md)."""
 
 from configs import default_cifar10_configs
 

@@ -1,4 +1,4 @@
-"""DDPM (Ho et al.) on LSUN bedroom 256 x 256, VP SDE (facts §6.3, §7.3)."""
+"""DDPM (Ho et al.) on LSUN bedroom 256 x 256, VP SDE (docs/configs.md)."""
 
 from configs import default_lsun_configs
 

@@ -1,4 +1,4 @@
-"""DDPM (Ho et al.) on CIFAR-10 with the discrete DDPM objective, VP SDE (facts §6.3, §7.3)."""
+"""DDPM (Ho et al.) on CIFAR-10 with the discrete DDPM objective, VP SDE (docs/configs.md)."""
 
 from configs import default_cifar10_configs
 

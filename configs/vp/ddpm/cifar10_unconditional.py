@@ -1,4 +1,4 @@
-"""The DDPM U-Net without time input on CIFAR-10, discrete DDPM loss, VP SDE (§6.3, §7.3)."""
+"""The DDPM U-Net without time input on CIFAR-10, discrete DDPM loss, VP SDE (docs/configs.md)."""
 
 from configs import default_cifar10_configs
 
