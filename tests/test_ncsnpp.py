@@ -17,7 +17,7 @@ from conftest import FIXTURES as FIXTURES_ROOT
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from score_sde_jax.models import get_model
-from score_sde_jax.models import up_or_down_sampling as fir_ops
+from score_sde_jax.models import fir as fir_ops
 
 FIXTURES = FIXTURES_ROOT / "official_models"
 CASES = ("ncsnpp_ve_small", "ddpmpp_vp_small", "ncsnpp_outputskip_small")

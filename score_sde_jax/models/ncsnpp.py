@@ -8,18 +8,25 @@ of the released checkpoints' (1, 1, 1, C).
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_jax.models import layerspp, register_model
+from score_sde_jax.models import fir, register_model
 from score_sde_jax.models.layers import (
+    NIN,
     GaussianFourierProjection,
+    conv1x1,
+    conv3x3,
     default_init,
     get_act,
     get_timestep_embedding,
+    group_norm,
+    rematerialized,
 )
 
 _SQRT2 = math.sqrt(2.0)
@@ -29,6 +36,175 @@ PROGRESSIVE = ("none", "output_skip", "residual")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 PROGRESSIVE_COMBINE = ("sum", "cat")
 EMBEDDING_TYPES = ("fourier", "positional")
+
+
+class Combine(nn.Module):
+    """Merges the input pyramid into the feature map: conv1×1(x → C_y), then concat or sum."""
+
+    method: str = "cat"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, y):
+        h = conv1x1(y.shape[-1], dtype=self.dtype)(x)
+        if self.method == "cat":
+            return jnp.concatenate([h, y], axis=-1)
+        if self.method == "sum":
+            return h + y
+        raise ValueError(f"Combine method {self.method!r} unknown; choose 'cat' or 'sum'.")
+
+
+class AttnBlockpp(nn.Module):
+    """Single-head self-attention over all H·W positions, with optional 1/√2 skip rescaling.
+
+    The attention itself runs in float32 (the NIN projections promote to their float32 weights).
+    """
+
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, height, width, c = x.shape
+        h = group_norm(c, self.dtype)(x)
+        q = NIN(c)(h).reshape(b, height * width, c)
+        k = NIN(c)(h).reshape(b, height * width, c)
+        v = NIN(c)(h).reshape(b, height * width, c)
+        w = jnp.einsum("bic,bjc->bij", q, k) * (c**-0.5)
+        w = jax.nn.softmax(w, axis=-1)
+        h = jnp.einsum("bij,bjc->bic", w, v).reshape(b, height, width, c)
+        h = NIN(c, init_scale=self.init_scale)(h)
+        out = (x + h) / _SQRT2 if self.skip_rescale else x + h
+        return out.astype(self.dtype)
+
+
+class Upsample(nn.Module):
+    """×2 upsampling: nearest (+conv3×3) or FIR (`upsample_2d`, or the fused FIR `Conv2d`)."""
+
+    out_ch: int | None = None
+    with_conv: bool = False
+    fir: bool = False
+    fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        out_ch = self.out_ch or x.shape[-1]
+        if not self.fir:
+            h = fir.naive_upsample_2d(x, factor=2)
+            if self.with_conv:
+                h = conv3x3(out_ch, dtype=self.dtype)(h)
+            return h
+        if not self.with_conv:
+            return fir.upsample_2d(x, self.fir_kernel, factor=2)
+        return fir.Conv2d(
+            out_ch, kernel=3, up=True, resample_kernel=self.fir_kernel, dtype=self.dtype
+        )(x)
+
+
+class Downsample(nn.Module):
+    """×2 downsampling: conv3×3 stride 2 or 2×2 mean, or FIR (`downsample_2d` / fused `Conv2d`)."""
+
+    out_ch: int | None = None
+    with_conv: bool = False
+    fir: bool = False
+    fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        out_ch = self.out_ch or x.shape[-1]
+        if not self.fir:
+            if self.with_conv:
+                # Flax 'SAME' with stride 2 pads 0 before / 1 after on even sizes
+                # (docs/original_code.md#networks).
+                return conv3x3(out_ch, stride=2, dtype=self.dtype)(x)
+            return fir.naive_downsample_2d(x, factor=2)
+        if not self.with_conv:
+            return fir.downsample_2d(x, self.fir_kernel, factor=2)
+        return fir.Conv2d(
+            out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel, dtype=self.dtype
+        )(x)
+
+
+class ResnetBlockDDPMpp(nn.Module):
+    """DDPM residual block with NCSN++ GroupNorm, ``init_scale`` last conv and 1/√2 rescaling."""
+
+    act: Callable
+    out_ch: int | None = None
+    conv_shortcut: bool = False
+    dropout: float = 0.1
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, temb=None, train: bool = False):
+        c = x.shape[-1]
+        out_ch = self.out_ch or c
+        h = self.act(group_norm(c, self.dtype)(x))
+        h = conv3x3(out_ch, dtype=self.dtype)(h)
+        if temb is not None:
+            dense = nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype)
+            h = h + dense(self.act(temb))[:, None, None, :]
+        h = self.act(group_norm(out_ch, self.dtype)(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
+        if c != out_ch:
+            if self.conv_shortcut:
+                x = conv3x3(out_ch, dtype=self.dtype)(x)
+            else:
+                x = NIN(out_ch)(x).astype(self.dtype)
+        return (x + h) / _SQRT2 if self.skip_rescale else x + h
+
+
+class ResnetBlockBigGANpp(nn.Module):
+    """BigGAN-style residual block that can itself up- or downsample.
+
+    See docs/original_code.md#networks.
+    """
+
+    act: Callable
+    up: bool = False
+    down: bool = False
+    out_ch: int | None = None
+    dropout: float = 0.1
+    fir: bool = False
+    fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    skip_rescale: bool = True
+    init_scale: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, temb=None, train: bool = False):
+        c = x.shape[-1]
+        out_ch = self.out_ch or c
+        h = self.act(group_norm(c, self.dtype)(x))
+        if self.up:
+            if self.fir:
+                h = fir.upsample_2d(h, self.fir_kernel, factor=2)
+                x = fir.upsample_2d(x, self.fir_kernel, factor=2)
+            else:
+                h = fir.naive_upsample_2d(h, factor=2)
+                x = fir.naive_upsample_2d(x, factor=2)
+        elif self.down:
+            if self.fir:
+                h = fir.downsample_2d(h, self.fir_kernel, factor=2)
+                x = fir.downsample_2d(x, self.fir_kernel, factor=2)
+            else:
+                h = fir.naive_downsample_2d(h, factor=2)
+                x = fir.naive_downsample_2d(x, factor=2)
+        h = conv3x3(out_ch, dtype=self.dtype)(h)
+        if temb is not None:
+            dense = nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype)
+            h = h + dense(self.act(temb))[:, None, None, :]
+        h = self.act(group_norm(out_ch, self.dtype)(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
+        if c != out_ch or self.up or self.down:
+            x = conv1x1(out_ch, dtype=self.dtype)(x)
+        return (x + h) / _SQRT2 if self.skip_rescale else x + h
 
 
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
@@ -52,7 +228,7 @@ class NCSNpp(nn.Module):
     Parameters, the Fourier/sinusoidal features, attention and the returned output stay float32, so
     losses and optimizer state are float32 too. ``remat`` (``config.model.remat``, not an original
     key, default False) recomputes the activations of every residual and attention block in the
-    backward pass instead of storing them (`layerspp.rematerialized`): less memory for about
+    backward pass instead of storing them (`rematerialized`): less memory for about
     one more forward pass per step, same parameter tree and same values.
     """
 
@@ -155,17 +331,17 @@ class NCSNpp(nn.Module):
             temb = None
 
         def block_class(cls, static_argnums=()):
-            return layerspp.rematerialized(cls, static_argnums) if self.remat else cls
+            return rematerialized(cls, static_argnums) if self.remat else cls
 
         attn_block = functools.partial(
-            block_class(layerspp.AttnBlockpp),
+            block_class(AttnBlockpp),
             init_scale=self.init_scale,
             skip_rescale=self.skip_rescale,
             dtype=self.dtype,
         )
         if self.resblock_type == "biggan":
             resnet_block = functools.partial(
-                block_class(layerspp.ResnetBlockBigGANpp, static_argnums=(3,)),
+                block_class(ResnetBlockBigGANpp, static_argnums=(3,)),
                 act=act,
                 dropout=self.dropout,
                 fir=self.fir,
@@ -176,7 +352,7 @@ class NCSNpp(nn.Module):
             )
         else:
             resnet_block = functools.partial(
-                block_class(layerspp.ResnetBlockDDPMpp, static_argnums=(3,)),
+                block_class(ResnetBlockDDPMpp, static_argnums=(3,)),
                 act=act,
                 dropout=self.dropout,
                 init_scale=self.init_scale,
@@ -189,8 +365,8 @@ class NCSNpp(nn.Module):
             return (a + b) / _SQRT2 if self.skip_rescale else a + b
 
         def head(h, out_ch, init_scale):
-            return layerspp.conv3x3(out_ch, init_scale=init_scale, dtype=self.dtype)(
-                act(layerspp.group_norm(h.shape[-1], self.dtype)(h))
+            return conv3x3(out_ch, init_scale=init_scale, dtype=self.dtype)(
+                act(group_norm(h.shape[-1], self.dtype)(h))
             )
 
         # 2. Data in [0, 1] is mapped to [-1, 1]; the input pyramid starts from that image.
@@ -200,7 +376,7 @@ class NCSNpp(nn.Module):
         input_pyramid = x if self.progressive_input != "none" else None
 
         # 3-4. Down path.
-        hs = [layerspp.conv3x3(nf, dtype=self.dtype)(x)]
+        hs = [conv3x3(nf, dtype=self.dtype)(x)]
         for i_level in range(num_resolutions):
             for _ in range(self.num_res_blocks):
                 h = resnet_block(out_ch=nf * self.ch_mult[i_level])(hs[-1], temb, train)
@@ -210,15 +386,15 @@ class NCSNpp(nn.Module):
             if i_level == num_resolutions - 1:
                 continue
             if self.resblock_type == "ddpm":
-                h = layerspp.Downsample(with_conv=self.resamp_with_conv, **resample)(hs[-1])
+                h = Downsample(with_conv=self.resamp_with_conv, **resample)(hs[-1])
             else:
                 h = resnet_block(down=True)(hs[-1], temb, train)
             if self.progressive_input == "input_skip":
-                input_pyramid = layerspp.Downsample(with_conv=False, **resample)(input_pyramid)
-                combine = layerspp.Combine(method=self.progressive_combine, dtype=self.dtype)
+                input_pyramid = Downsample(with_conv=False, **resample)(input_pyramid)
+                combine = Combine(method=self.progressive_combine, dtype=self.dtype)
                 h = combine(input_pyramid, h)
             elif self.progressive_input == "residual":
-                input_pyramid = layerspp.Downsample(out_ch=h.shape[-1], with_conv=True, **resample)(
+                input_pyramid = Downsample(out_ch=h.shape[-1], with_conv=True, **resample)(
                     input_pyramid
                 )
                 input_pyramid = merge_residual(input_pyramid, h)
@@ -243,15 +419,13 @@ class NCSNpp(nn.Module):
 
             if self.progressive == "output_skip":
                 if pyramid is not None:
-                    pyramid = layerspp.Upsample(with_conv=False, **resample)(pyramid)
+                    pyramid = Upsample(with_conv=False, **resample)(pyramid)
                     pyramid = pyramid + head(h, channels, self.init_scale)
                 else:
                     pyramid = head(h, channels, self.init_scale)
             elif self.progressive == "residual":
                 if pyramid is not None:
-                    pyramid = layerspp.Upsample(out_ch=h.shape[-1], with_conv=True, **resample)(
-                        pyramid
-                    )
+                    pyramid = Upsample(out_ch=h.shape[-1], with_conv=True, **resample)(pyramid)
                     pyramid = merge_residual(pyramid, h)
                     h = pyramid
                 else:
@@ -259,7 +433,7 @@ class NCSNpp(nn.Module):
 
             if i_level != 0:
                 if self.resblock_type == "ddpm":
-                    h = layerspp.Upsample(with_conv=self.resamp_with_conv, **resample)(h)
+                    h = Upsample(with_conv=self.resamp_with_conv, **resample)(h)
                 else:
                     h = resnet_block(up=True)(h, temb, train)
 
