@@ -30,8 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
 from configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
-from score_sde_jax import input_pipeline, models, sde_lib, train_lib  # noqa: E402
+from score_sde_jax import models, sde_lib, train_lib
 from score_sde_jax.configs import digits  # noqa: E402
+from score_sde_jax.data import pipeline
 
 CONFIGS = {
     "cifar10_ncsnpp": (cifar10_ncsnpp_continuous.get_config, 16),
@@ -65,7 +66,7 @@ def measure(config, batch: int, grad_accum_steps: int, compiler_options: dict) -
     state = jax.eval_shape(
         lambda key: train_lib.create_train_state(config, model, key, optimizer), rng
     )
-    images = jax.ShapeDtypeStruct((batch, *input_pipeline.image_shape(config)), jnp.float32)
+    images = jax.ShapeDtypeStruct((batch, *pipeline.image_shape(config)), jnp.float32)
 
     def step(state, batch, rng):
         return train_lib.train_step(

@@ -32,8 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
 from configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
-from score_sde_jax import input_pipeline, models, sde_lib, train_lib  # noqa: E402
+from score_sde_jax import distributed, models, sde_lib, train_lib
 from score_sde_jax.configs import digits  # noqa: E402
+from score_sde_jax.data import pipeline
 
 CASES = {
     "digits": digits.get_config,
@@ -44,7 +45,7 @@ CASES = {
 
 def random_train_state(config, model, optimizer) -> train_lib.TrainState:
     """A `train_lib.TrainState` with random normal parameters of the model's shapes."""
-    x = jnp.zeros((1, *input_pipeline.image_shape(config)), jnp.float32)
+    x = jnp.zeros((1, *pipeline.image_shape(config)), jnp.float32)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, jnp.ones((1,)))["params"]
     rng = np.random.default_rng(0)
     params = jax.tree.map(
@@ -62,7 +63,7 @@ def bench(config, dispatches: int) -> dict:
     """Times `train_lib.train_steps` for ``config`` on synthetic data; returns a result dict."""
     t = config.training
     grad_accum = t.get("grad_accum_steps", 1)
-    mesh = train_lib.create_mesh(jax.local_devices())
+    mesh = distributed.create_mesh(jax.local_devices())
     replicated = NamedSharding(mesh, P())
     batches = NamedSharding(mesh, P(None, "data"))
     model = models.get_model(config)
@@ -86,7 +87,7 @@ def bench(config, dispatches: int) -> dict:
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
-    shape = (t.n_jitted_steps, t.batch_size, *input_pipeline.image_shape(config))
+    shape = (t.n_jitted_steps, t.batch_size, *pipeline.image_shape(config))
     x = np.random.default_rng(0).uniform(size=shape).astype(np.float32)
     batch = {"image": jax.device_put(x, batches)}
     rng = jax.random.PRNGKey(1)

@@ -36,7 +36,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.image_size = 1024
     # The original pointed at the author's local file. Set one of them: the StyleGAN
     # multi-resolution .tfrecords of this resolution (e.g. ffhq-r10.tfrecords), or a folder of
-    # images (see `score_sde_jax.datasets`).
+    # images (see `score_sde_jax.data.datasets`).
     data.tfrecords_path = config_dict.placeholder(str)
     data.path = config_dict.placeholder(str)
 

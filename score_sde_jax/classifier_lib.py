@@ -1,7 +1,7 @@
 """Training of the noise-conditional classifier p_φ(y | x, σ) (paper App. I.1).
 
 The classifier (`score_sde_jax.models.wideresnet.WideResnet`) guides class-conditional sampling
-through ∇_x log p_φ(y | x, σ) (`score_sde_jax.controllable.get_pc_conditional_sampler`). It is
+through ∇_x log p_φ(y | x, σ) (`score_sde_jax.sampling.controllable.get_pc_conditional_sampler`). It is
 trained on VE-perturbed images: x = y + σ z with y ∈ [0, 1] the clean image, z ~ N(0, I) and
 log σ ~ U[log σ_min, log σ_max] per example — exactly the noise levels σ(t) = σ_min (σ_max /
 σ_min)^t that the VE SDE reaches at t ~ U[0, 1] — with the cross-entropy of the logits against
@@ -35,7 +35,8 @@ from clu import metric_writers
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import checkpointing, datasets, input_pipeline, train_lib, train_loop, utils
+from score_sde_jax import checkpoints, distributed, train_lib, train_loop
+from score_sde_jax.data import datasets, pipeline
 from score_sde_jax.models import wideresnet
 
 # Datasets whose images carry class labels, and how many classes they have.
@@ -217,7 +218,7 @@ def init_params(classifier, rng, image_shape):
 
 def create_train_state(config, classifier, rng, optimizer) -> train_lib.TrainState:
     """Initial parameters (EMA = a copy of them) and optimizer state of ``classifier``."""
-    params = init_params(classifier, rng, input_pipeline.image_shape(config))
+    params = init_params(classifier, rng, pipeline.image_shape(config))
     return train_lib.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -312,7 +313,7 @@ def create_evaluator(config, mesh, data_dir: str | None = None):
     classifier = create_classifier(config)
     edges = band_edges(c.sigma_min, c.sigma_max, c.num_eval_bands)
     eval_fn = get_eval_fn(
-        get_logit_fn(config, classifier), edges, utils.get_data_inverse_scaler(config)
+        get_logit_fn(config, classifier), edges, pipeline.get_data_inverse_scaler(config)
     )
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
@@ -321,7 +322,7 @@ def create_evaluator(config, mesh, data_dir: str | None = None):
         in_shardings=(replicated, replicated) + (batch_sharding,) * 3,
         out_shardings=replicated,
     )
-    _, eval_iter = input_pipeline.create_datasets(
+    _, eval_iter = pipeline.create_datasets(
         config,
         seed=config.seed,
         data_dir=data_dir or config.data.get("data_dir", None),
@@ -369,7 +370,7 @@ def restore_params(config, workdir: str):
     abstract = jax.eval_shape(
         functools.partial(create_train_state, config, classifier, optimizer=optimizer), rng
     )
-    with checkpointing.CheckpointManager(directory) as ckpt:
+    with checkpoints.CheckpointManager(directory) as ckpt:
         restored = ckpt.restore_latest(abstract, rng)
     if restored is None:
         raise FileNotFoundError(f"No classifier checkpoints in {directory}; train one first.")
@@ -394,7 +395,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     Args:
       config: the classifier config (see the module docstring).
       workdir: output folder (created if needed).
-      mesh: a 1-D ``("data",)`` mesh; default `train_lib.create_mesh()` over all devices.
+      mesh: a 1-D ``("data",)`` mesh; default `distributed.create_mesh()` over all devices.
 
     Returns:
       The final `train_lib.TrainState` (replicated over ``mesh``); ``ema_params`` are the
@@ -405,21 +406,21 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
       train_loop.NonFiniteLossError: the training loss became NaN/inf.
     """
     t, c = config.training, config.classifier
-    mesh = train_lib.create_mesh() if mesh is None else mesh
+    mesh = distributed.create_mesh() if mesh is None else mesh
     validate_config(config, mesh.devices.size, jax.process_count())
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
 
     replicated = NamedSharding(mesh, P())
     batches_sharding = NamedSharding(mesh, P(None, "data"))  # [n_jitted_steps, B, ...]
-    shape = input_pipeline.image_shape(config)
+    shape = pipeline.image_shape(config)
     n_jitted = t.n_jitted_steps
     total_steps = math.ceil(t.n_iters / n_jitted) * n_jitted
     writer = metric_writers.create_default_writer(
         os.path.join(workdir, "tensorboard"), just_logging=not is_main
     )
     data_dir = config.data.get("data_dir", None)
-    train_iter, _ = input_pipeline.create_datasets(
+    train_iter, _ = pipeline.create_datasets(
         config,
         seed=config.seed,
         data_dir=data_dir,
@@ -433,7 +434,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
         get_logit_fn(config, classifier),
         c.sigma_min,
         c.sigma_max,
-        utils.get_data_inverse_scaler(config),
+        pipeline.get_data_inverse_scaler(config),
     )
     optimizer = train_lib.create_optimizer(config)
     rng = np.asarray(jax.random.PRNGKey(config.seed))
@@ -444,7 +445,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
         out_shardings=replicated,
     )(init_rng)
 
-    iterators = {checkpointing.TRAIN_ITER: train_iter}
+    iterators = {checkpoints.TRAIN_ITER: train_iter}
     ckpt, state, rng, initial_step, resumed = train_lib.open_checkpoints(
         config, workdir, state, rng, iterators, writer
     )

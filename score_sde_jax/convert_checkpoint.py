@@ -2,7 +2,7 @@
 
 ``python -m score_sde_jax.convert_checkpoint --config CONFIG --input FILE --workdir DIR``
 
-writes ``DIR/checkpoints/<step>/`` in the layout of `score_sde_jax.checkpointing`:
+writes ``DIR/checkpoints/<step>/`` in the layout of `score_sde_jax.checkpoints.manager`:
 ``params`` = the file's raw weights, ``ema_params`` = its EMA weights (the raw weights stand in
 for both when the file only has one set), a fresh optimizer state and the file's training
 step. Training resumes from it with ``python -m score_sde_jax.train --config CONFIG --workdir
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import checkpointing, checkpoints, train_lib
+from score_sde_jax import checkpoints, train_lib
 
 FORMATS = ("auto", "original", "pytorch")
 
@@ -57,7 +57,7 @@ def convert(config, input_path: str, workdir: str, fmt: str = "auto") -> int:
     """
     if fmt not in FORMATS:
         raise ValueError(f"Unknown format {fmt!r}; valid: {', '.join(FORMATS)}.")
-    with checkpointing.CheckpointManager(
+    with checkpoints.CheckpointManager(
         os.path.join(workdir, "checkpoints"), max_to_keep=None, async_save=False
     ) as manager:
         if manager.all_steps():

@@ -2,7 +2,8 @@
 
 Every process of a multi-host job (a TPU pod slice, a SLURM allocation, several local
 processes) runs the same command; `initialize` connects them through JAX's own runtime
-(`jax.distributed`), and `to_host` gathers a global array back to NumPy on every process.
+(`jax.distributed`), and `to_host` gathers a global array back to NumPy on every process. `create_mesh` is the 1-D
+``("data",)`` mesh every command shards its batches over.
 """
 
 import logging as std_logging
@@ -89,6 +90,14 @@ def log_to_workdir(workdir: str) -> None:
         jax.local_device_count(),
         jax.device_count(),
         jax.devices(),
+    )
+
+
+def create_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D ``("data",)`` mesh over ``devices`` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh(
+        (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
     )
 
 

@@ -5,7 +5,7 @@ checkpoint index in ``[eval.begin_ckpt, eval.end_ckpt]`` (checkpoint k = trainin
 training.snapshot_freq): eval loss (``eval.enable_loss``), bits/dim (``eval.enable_bpd``) and
 samples with FID / IS / KID (``eval.enable_sampling``). Results go to ``<workdir>/<eval_folder>``:
 per-unit files, a ``progress.json`` that makes a rerun resume after preemption, and ``report.json``
-with the last and the best checkpoints' numbers and the seeds. Details: `score_sde_jax.eval_lib`.
+with the last and the best checkpoints' numbers and the seeds. Details: `score_sde_jax.evaluation.evaluator`.
 
 Examples::
 
@@ -25,7 +25,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import distributed, eval_lib, sample_lib
+from score_sde_jax import distributed
+from score_sde_jax.evaluation import evaluator
+from score_sde_jax.sampling import generation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run folder (reads <workdir>/checkpoints).")
@@ -62,7 +64,7 @@ flags.DEFINE_list("sample_seeds", None, "eval.sample_seeds: sampling seeds (defa
 flags.DEFINE_enum(
     "sampler",
     None,
-    list(sample_lib.SAMPLERS),
+    list(generation.SAMPLERS),
     "Sampler of the sampling mode (default: config.sampling.method).",
 )
 flags.DEFINE_integer("num_steps", None, "Sampler steps (see `python -m score_sde_jax.sample`).")
@@ -97,10 +99,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     distributed.initialize_from_flags()
     try:
-        config = apply_overrides(sample_lib.resolve_config(FLAGS.config, FLAGS.workdir))
+        config = apply_overrides(generation.resolve_config(FLAGS.config, FLAGS.workdir))
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
-    spec = sample_lib.SamplerSpec(
+    spec = generation.SamplerSpec(
         name=FLAGS.sampler,
         num_steps=FLAGS.num_steps,
         solver=FLAGS.solver,
@@ -109,7 +111,7 @@ def main(argv):
         reproduce_original=FLAGS.reproduce_original,
     )
     try:
-        report = eval_lib.evaluate(
+        report = evaluator.evaluate(
             config,
             FLAGS.workdir,
             FLAGS.eval_folder,

@@ -1,4 +1,4 @@
-"""Prepares a tfds dataset in array_record format, which `input_pipeline` reads without TF.
+"""Prepares a tfds dataset in array_record format, which `data.pipeline` reads without TF.
 
     python -m score_sde_jax.prepare_data NAME --data_dir DIR [--manual_dir DIR]
         [--category bedroom] [--resolution 256]
@@ -19,7 +19,7 @@ import os
 
 from absl import app, flags, logging
 
-from score_sde_jax import datasets
+from score_sde_jax.data import datasets
 
 _NOTHING_TO_PREPARE = {
     "DIGITS": "DIGITS ships inside scikit-learn; nothing to prepare.",

@@ -13,8 +13,8 @@ Examples::
 Writes ``images`` (uint8 NHWC), ``nfe`` (per sample) and ``metadata`` (JSON) to an ``.npz``
 (``--output``, default ``<workdir>/samples/<checkpoint>_<sampler>_seed<seed>.npz``) and a PNG
 grid next to it. Sample i always comes from (``--seed``, i), whatever the batch size and the
-number of devices or hosts (see `score_sde_jax.sample_lib`). Thin wrapper: the work is in
-`score_sde_jax.sample_lib`.
+number of devices or hosts (see `score_sde_jax.sampling.generation`). Thin wrapper: the work is in
+`score_sde_jax.sampling.generation`.
 """
 
 import sys
@@ -22,7 +22,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from score_sde_jax import distributed, sample_lib
+from score_sde_jax import distributed
+from score_sde_jax.sampling import generation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run folder (checkpoints; default output place).")
@@ -38,7 +39,7 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "sampler",
     None,
-    list(sample_lib.SAMPLERS),
+    list(generation.SAMPLERS),
     "Sampler (default: config.sampling.method). heun/dpm2/dpm3 need --num_steps.",
 )
 flags.DEFINE_integer(
@@ -72,7 +73,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     distributed.initialize_from_flags()
-    spec = sample_lib.SamplerSpec(
+    spec = generation.SamplerSpec(
         name=FLAGS.sampler,
         num_steps=FLAGS.num_steps,
         solver=FLAGS.solver,
@@ -81,7 +82,7 @@ def main(argv):
         reproduce_original=FLAGS.reproduce_original,
     )
     try:
-        sample_lib.sample_to_file(
+        generation.sample_to_file(
             FLAGS.config,
             workdir=FLAGS.workdir,
             checkpoint=FLAGS.checkpoint,

@@ -25,17 +25,16 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from score_sde_jax import (
-    checkpointing,
+    checkpoints,
     distributed,
-    input_pipeline,
     losses,
     models,
     sampling,
     score_fns,
     sde_lib,
     train_loop,
-    utils,
 )
+from score_sde_jax.data import image_io, pipeline
 
 # training.* step intervals; each must be a multiple of training.n_jitted_steps
 # (docs/original_code.md#training-evaluation-and-data).
@@ -66,14 +65,6 @@ class TrainState:
 # ----------------------------------------------------------------------------------------------
 # Building blocks.
 # ----------------------------------------------------------------------------------------------
-
-
-def create_mesh(devices=None) -> jax.sharding.Mesh:
-    """A 1-D ``("data",)`` mesh over ``devices`` (default: all devices of all processes)."""
-    devices = jax.devices() if devices is None else list(devices)
-    return jax.make_mesh(
-        (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-    )
 
 
 def validate_config(config, num_devices: int, num_processes: int) -> None:
@@ -168,7 +159,7 @@ def create_loss_fn(config, sde, model, *, train: bool, per_example: bool = False
 def create_train_state(config, model, rng, optimizer) -> TrainState:
     """Initialises parameters (EMA = a copy of them) and the optimizer state."""
     params_rng, dropout_rng = jax.random.split(rng)
-    x = jnp.zeros((1, *input_pipeline.image_shape(config)), jnp.float32)
+    x = jnp.zeros((1, *pipeline.image_shape(config)), jnp.float32)
     # Labels of the dtype training feeds: discrete VE networks (NCSN, NCSNv2) index σ with ints.
     t = jnp.ones((1,), jnp.float32)
     labels = score_fns.get_labels(sde_lib.get_sde(config), t, config.training.continuous)
@@ -336,12 +327,12 @@ def _write_snapshot(config, samples, step, workdir, writer):
     os.makedirs(folder, exist_ok=True)
     if samples.ndim == 2:  # TOY2D points
         np.savez_compressed(os.path.join(folder, "sample.npz"), samples=samples)
-        image = utils.save_scatter_png(samples, os.path.join(folder, "sample.png"))
+        image = image_io.save_scatter_png(samples, os.path.join(folder, "sample.png"))
     else:
-        images = np.clip(utils.get_data_inverse_scaler(config)(samples), 0.0, 1.0)
+        images = np.clip(pipeline.get_data_inverse_scaler(config)(samples), 0.0, 1.0)
         images = np.round(images * 255.0).astype(np.uint8)
         np.savez_compressed(os.path.join(folder, "sample.npz"), samples=images)
-        image = utils.save_image_grid(images, os.path.join(folder, "sample.png"))
+        image = image_io.save_image_grid(images, os.path.join(folder, "sample.png"))
     writer.write_images(step, {"samples": image[None]})
     logging.info("Wrote %s", os.path.join(folder, "sample.png"))
 
@@ -361,7 +352,7 @@ def open_checkpoints(config, workdir: str, state, rng, iterators: dict, writer):
       loop does), except when this raises (no checkpoint fits the config), where it is closed here.
     """
     t = config.training
-    ckpt = checkpointing.CheckpointManager(
+    ckpt = checkpoints.CheckpointManager(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=t.get("max_to_keep", 2),
         keep_period=t.snapshot_freq,
@@ -393,7 +384,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     Args:
       config: a ConfigDict with the original's keys (docs/configs.md).
       workdir: output folder (created if needed).
-      mesh: a 1-D ``("data",)`` mesh; default `create_mesh()` over all devices.
+      mesh: a 1-D ``("data",)`` mesh; default `distributed.create_mesh()` over all devices.
 
     Returns:
       The final `TrainState` (replicated over ``mesh``).
@@ -402,7 +393,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
       NonFiniteLossError: the training loss became NaN/inf; no checkpoint after it is written.
     """
     t = config.training
-    mesh = create_mesh() if mesh is None else mesh
+    mesh = distributed.create_mesh() if mesh is None else mesh
     num_devices = mesh.devices.size
     validate_config(config, num_devices, jax.process_count())
     is_main = jax.process_index() == 0
@@ -412,7 +403,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     replicated = NamedSharding(mesh, P())
     batches_sharding = NamedSharding(mesh, P(None, "data"))  # [n_jitted_steps, B, ...]
     batch_sharding = NamedSharding(mesh, P("data"))  # [B, ...]
-    shape = input_pipeline.image_shape(config)
+    shape = pipeline.image_shape(config)
     n_jitted = t.n_jitted_steps
     total_steps = math.ceil(t.n_iters / n_jitted) * n_jitted
 
@@ -421,7 +412,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     )
 
     # ---- Input pipeline: every process reads only its share of each global batch. ----
-    train_iter, eval_iter = input_pipeline.create_datasets(
+    train_iter, eval_iter = pipeline.create_datasets(
         config,
         seed=config.seed,
         data_dir=config.data.get("data_dir", None),
@@ -446,7 +437,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     )(init_rng)
 
     # ---- Restore the newest readable checkpoint, if any. ----
-    iterators = {checkpointing.TRAIN_ITER: train_iter, checkpointing.EVAL_ITER: eval_iter}
+    iterators = {checkpoints.TRAIN_ITER: train_iter, checkpoints.EVAL_ITER: eval_iter}
     iterators = {k: v for k, v in iterators.items() if hasattr(v, "get_state")}
     ckpt, state, rng, initial_step, resumed = open_checkpoints(
         config, workdir, state, rng, iterators, writer

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from score_sde_jax import checkpointing
+from score_sde_jax import checkpoints
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -79,7 +79,7 @@ def run(
     training,
     total_steps: int,
     dispatch: Callable[[Any], tuple[Any, dict]],
-    ckpt: checkpointing.CheckpointManager,
+    ckpt: checkpoints.CheckpointManager,
     save: Callable[[int, Any], None],
     saved_step: int | None,
     on_log: Callable[[int, Interval], None],

@@ -25,7 +25,8 @@ import pytest
 from conftest import FIXTURES
 from flax import traverse_util
 
-from score_sde_jax import checkpoints, torch_pickle
+from score_sde_jax import checkpoints
+from score_sde_jax.checkpoints import torch_pickle
 from score_sde_jax.models import get_model
 from score_sde_jax.models.wideresnet import create_classifier
 

@@ -32,7 +32,8 @@ import tensorflow_datasets as tfds
 from conftest import FIXTURES, REPO_ROOT
 from PIL import Image
 
-from score_sde_jax import input_pipeline, models, score_fns, sde_lib, train_lib
+from score_sde_jax import models, score_fns, sde_lib, train_lib
+from score_sde_jax.data import pipeline
 
 CONFIG_DIR = REPO_ROOT / "configs"
 # The original's score-model experiments, by SDE (configs/classifier holds the noise-conditional
@@ -202,7 +203,7 @@ def test_data_keys_name_what_the_pipeline_reads():
     }
     config = load_config("ve/ffhq_256_ncsnpp_continuous.py")
     with pytest.raises(ValueError, match="data.tfrecords_path"):
-        input_pipeline.create_datasets(config, seed=0, process_index=0, process_count=1)
+        pipeline.create_datasets(config, seed=0, process_index=0, process_count=1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,9 +301,7 @@ def image_folder(tmp_path_factory):
 def mock_batch(config) -> np.ndarray:
     """One training batch of ``config`` from the real input pipeline under tfds mock data."""
     with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
-        train_iter, _ = input_pipeline.create_datasets(
-            config, seed=0, process_index=0, process_count=1
-        )
+        train_iter, _ = pipeline.create_datasets(config, seed=0, process_index=0, process_count=1)
         return next(train_iter)["image"]
 
 

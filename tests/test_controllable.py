@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde_jax import controllable, gmm, sde_lib
+from score_sde_jax import gmm, sde_lib
 from score_sde_jax.models import wideresnet
+from score_sde_jax.sampling import controllable
 
 
 def gaussian_score_fn(sde):

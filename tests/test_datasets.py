@@ -11,7 +11,8 @@ from conftest import REPO_ROOT
 from PIL import Image
 from scipy.spatial.distance import pdist
 
-from score_sde_jax import datasets, input_pipeline, prepare_data
+from score_sde_jax import prepare_data
+from score_sde_jax.data import datasets, pipeline
 from score_sde_jax.tools import sigma_max
 
 
@@ -131,7 +132,7 @@ def test_pad_to_centres_the_image():
 
 def test_flip_and_dequantization_on_a_synthetic_image():
     image = coordinate_image(4, 6)
-    loader = input_pipeline.BatchLoader(
+    loader = pipeline.BatchLoader(
         datasets.Source(
             "synthetic",
             1,
@@ -202,7 +203,7 @@ def test_image_folder_batches(tmp_path):
     assert [f.name for f in files] == ["1.png", "3.png", "0.png", "2.png", "4.png", "x.JPG"]
     np.testing.assert_array_equal(labels, [0, 0, 1, 1, 1, 1])  # cats = 0, dogs = 1
     per_process = [
-        input_pipeline.create_datasets(config, seed=0, process_index=p, process_count=2)[0]
+        pipeline.create_datasets(config, seed=0, process_index=p, process_count=2)[0]
         for p in (0, 1)
     ]
     steps = [[next(it) for _ in range(3)] for it in per_process]  # 12 examples = 2 epochs

@@ -1,8 +1,8 @@
-"""The evaluation tool (issue 6, item 2): `eval_lib.evaluate` and ``python -m score_sde_jax.evaluate``.
+"""The evaluation tool (issue 6, item 2): `evaluator.evaluate` and ``python -m score_sde_jax.evaluate``.
 
 A tiny MLP on 8x8 digits is trained for two steps (checkpoints at steps 1 and 2, i.e. checkpoint
 indices 1 and 2 with snapshot_freq 1). Loss and bits/dim are recomputed independently from the
-public APIs (input pipeline, losses, likelihood) with the seeds `eval_lib` documents; the FID
+public APIs (input pipeline, losses, likelihood) with the seeds `evaluation.evaluator` documents; the FID
 mode runs with the random-weight Inception of tests/fixtures/fid_inception.
 """
 
@@ -18,19 +18,11 @@ import pytest
 from conftest import FIXTURES, REPO_ROOT
 from test_inception import _regenerate_state_dict
 
-from score_sde_jax import (
-    eval_lib,
-    input_pipeline,
-    likelihood,
-    losses,
-    models,
-    sample_lib,
-    score_fns,
-    sde_lib,
-    train_lib,
-)
+from score_sde_jax import likelihood, losses, models, score_fns, sde_lib, train_lib
 from score_sde_jax.configs import digits
-from score_sde_jax.evaluation import inception_weights, metrics
+from score_sde_jax.data import pipeline
+from score_sde_jax.evaluation import evaluator, inception_weights, metrics
+from score_sde_jax.sampling import generation
 from score_sde_jax.tools import stats as stats_lib
 
 
@@ -61,7 +53,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def config(workdir):
-    config = sample_lib.load_run_config(workdir)
+    config = generation.load_run_config(workdir)
     config.eval.bpd_num_repeats = 2
     config.eval.hutchinson_type = "gaussian"
     return config
@@ -69,12 +61,12 @@ def config(workdir):
 
 @pytest.fixture(scope="module")
 def report(config, workdir):
-    return eval_lib.evaluate(config, workdir, "eval_loss_bpd")
+    return evaluator.evaluate(config, workdir, "eval_loss_bpd")
 
 
 @pytest.fixture(scope="module")
 def network(config, workdir):
-    params = sample_lib.load_checkpoint_params(config, workdir=workdir, checkpoint=2).params
+    params = generation.load_checkpoint_params(config, workdir=workdir, checkpoint=2).params
     sde = sde_lib.get_sde(config)
     return params, sde, models.get_model_fn(models.get_model(config))
 
@@ -100,7 +92,7 @@ def test_eval_loss_equals_independent_computation(config, workdir, report, netwo
             per_example=True,
         )
     )
-    _, eval_iter = input_pipeline.create_datasets(config, seed=config.seed + 1, evaluation=True)
+    _, eval_iter = pipeline.create_datasets(config, seed=config.seed + 1, evaluation=True)
     expected = []
     for b, batch in enumerate(eval_iter):
         # The documented key: fold_in(fold_in(PRNGKey(seed + 1), 0 = loss stream), batch).
@@ -125,7 +117,7 @@ def test_bits_per_dim_equal_likelihood_api_with_same_seeds(config, workdir, repo
     passes = []
     for r in range(2):
         # Pass r: pipeline seed (seed + 1) + r, probes fold_in(... PRNGKey(seed + 1), 1, r, b).
-        _, eval_iter = input_pipeline.create_datasets(
+        _, eval_iter = pipeline.create_datasets(
             dequantized, seed=config.seed + 1 + r, evaluation=True
         )
         values = []
@@ -204,14 +196,14 @@ def test_fid_pipeline_runs_and_resumes_after_preemption(config, workdir, fid_res
         raise _Preempted(unit)
 
     with pytest.raises(_Preempted, match="ckpt_1/seed_5/round_0"):
-        eval_lib.evaluate(config, workdir, "eval_fid", callback=preempt, **kwargs)
+        evaluator.evaluate(config, workdir, "eval_fid", callback=preempt, **kwargs)
     folder = workdir / "eval_fid" / "ckpt_1" / "seed_5"
     with open(workdir / "eval_fid" / "progress.json") as f:
         assert list(json.load(f)["done"]) == ["ckpt_1/seed_5/round_0"]
     first_round = os.stat(folder / "samples_0.npz").st_mtime_ns
 
     events = []
-    report = eval_lib.evaluate(
+    report = evaluator.evaluate(
         config, workdir, "eval_fid", callback=lambda u, r: events.append(u), **kwargs
     )
     assert events == [
@@ -264,21 +256,21 @@ def test_fid_pipeline_runs_and_resumes_after_preemption(config, workdir, fid_res
     # The stored samples are `sample --seed=5` samples: sample i = fold_in(PRNGKey(5), i).
     with np.load(folder / "samples_1.npz") as z:
         stored = z["images"]
-    params = sample_lib.load_checkpoint_params(config, workdir=workdir, checkpoint=1).params
-    generator = sample_lib.Generator(config, sample_lib.SamplerSpec(name="pc"), 4)
-    images, _ = sample_lib.generate(generator, params, seed=5, num_samples=2, start=4)
+    params = generation.load_checkpoint_params(config, workdir=workdir, checkpoint=1).params
+    generator = generation.Generator(config, generation.SamplerSpec(name="pc"), 4)
+    images, _ = generation.generate(generator, params, seed=5, num_samples=2, start=4)
     np.testing.assert_array_equal(stored, images)
 
     # A third run has nothing left to do; other settings in the same folder are refused.
     events.clear()
-    assert eval_lib.evaluate(config, workdir, "eval_fid", **kwargs) == report
+    assert evaluator.evaluate(config, workdir, "eval_fid", **kwargs) == report
     e.num_samples = 8
     with pytest.raises(ValueError, match="eval.num_samples: stored 6, now 8"):
-        eval_lib.evaluate(config, workdir, "eval_fid", **kwargs)
+        evaluator.evaluate(config, workdir, "eval_fid", **kwargs)
 
 
 def test_checkpoint_index_maps_to_step(config, workdir):
-    assert eval_lib.checkpoint_step(config, 2) == 2 * config.training.snapshot_freq
-    assert eval_lib.find_checkpoint(config, workdir, 2) == 2
+    assert evaluator.checkpoint_step(config, 2) == 2 * config.training.snapshot_freq
+    assert evaluator.find_checkpoint(config, workdir, 2) == 2
     with pytest.raises(FileNotFoundError, match=r"no step 3 .* among the steps \[1, 2\]"):
-        eval_lib.find_checkpoint(config, workdir, 3)
+        evaluator.find_checkpoint(config, workdir, 3)

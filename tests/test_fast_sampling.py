@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde_jax import fast_sampling, gmm, sampling, sde_lib
+from score_sde_jax import gmm, sampling, sde_lib
 from score_sde_jax.evaluation.energy_distance import MixtureEnergyDistance
+from score_sde_jax.sampling import few_step
 
 # The 2-D part of the core tests' mixture (tests/test_sampling.py).
 WEIGHTS = [0.25, 0.25, 0.5]
@@ -212,25 +213,25 @@ def test_noise_level_inverses_round_trip(name):
     t = jnp.linspace(1e-3, 1.0, 11)
     # float32: σ̂(1e-3) of sub-VP is ~1e-4, so the round trip carries a few 1e-4 relative error.
     np.testing.assert_allclose(
-        fast_sampling.time_of_sigma(sde, fast_sampling.noise_to_signal(sde, t)), t, rtol=5e-4
+        few_step.time_of_sigma(sde, few_step.noise_to_signal(sde, t)), t, rtol=5e-4
     )
     if name != "ve":
         np.testing.assert_allclose(
-            fast_sampling.time_of_log_snr(sde, fast_sampling.log_snr(sde, t)), t, rtol=5e-4
+            few_step.time_of_log_snr(sde, few_step.log_snr(sde, t)), t, rtol=5e-4
         )
 
 
 def test_karras_grid_endpoints_and_monotonicity():
-    sigmas = fast_sampling.karras_sigmas(80.0, 0.002, 18)
+    sigmas = few_step.karras_sigmas(80.0, 0.002, 18)
     np.testing.assert_allclose([sigmas[0], sigmas[-1]], [80.0, 0.002], rtol=1e-5)
     assert bool(jnp.all(jnp.diff(sigmas) < 0))
 
 
-@pytest.mark.parametrize("schedule", fast_sampling.SCHEDULES)
+@pytest.mark.parametrize("schedule", few_step.SCHEDULES)
 def test_time_grids_run_from_t_to_eps(schedule):
     for sde in SDES.values():
         eps = sde_lib.default_sampling_eps(sde)
-        times = fast_sampling.time_grid(sde, 10, None, schedule)
+        times = few_step.time_grid(sde, 10, None, schedule)
         assert times.shape == (11,)
         np.testing.assert_allclose([times[0], times[-1]], [sde.T, eps], rtol=1e-6)
         assert bool(jnp.all(jnp.diff(times) < 0))
@@ -241,7 +242,7 @@ def small_batch():
     """DPM-Solver-2 with and without denoising on 8 per-sample keys, and with keys 1-7 replaced."""
     sde = SDES["subvp"]
     samplers = {
-        d: fast_sampling.get_dpm_solver_sampler(sde, gmm.get_score_fn_2d(sde), (8, 2), 3, denoise=d)
+        d: few_step.get_dpm_solver_sampler(sde, gmm.get_score_fn_2d(sde), (8, 2), 3, denoise=d)
         for d in (True, False)
     }
 
@@ -275,16 +276,16 @@ def test_invalid_arguments_raise():
     sde = SDES["ve"]
     score_fn = gmm.get_score_fn_2d(sde)
     with pytest.raises(ValueError, match="VP or sub-VP"):
-        fast_sampling.get_dpm_solver_sampler(sde, score_fn, (2, 2), 10)
+        few_step.get_dpm_solver_sampler(sde, score_fn, (2, 2), 10)
     with pytest.raises(ValueError, match="order"):
-        fast_sampling.get_dpm_solver_sampler(SDES["vp"], score_fn, (2, 2), 10, order=4)
+        few_step.get_dpm_solver_sampler(SDES["vp"], score_fn, (2, 2), 10, order=4)
     with pytest.raises(ValueError, match="eps"):
-        fast_sampling.get_heun_sampler(sde, score_fn, (2, 2), 10, eps=1.5)
+        few_step.get_heun_sampler(sde, score_fn, (2, 2), 10, eps=1.5)
     with pytest.raises(ValueError, match="num_steps"):
-        fast_sampling.get_heun_sampler(sde, score_fn, (2, 2), 0)
+        few_step.get_heun_sampler(sde, score_fn, (2, 2), 0)
     with pytest.raises(ValueError, match="schedule"):
-        fast_sampling.get_heun_sampler(sde, score_fn, (2, 2), 10, schedule="cosine")
+        few_step.get_heun_sampler(sde, score_fn, (2, 2), 10, schedule="cosine")
     with pytest.raises(ValueError, match="z has shape"):
-        fast_sampling.get_heun_sampler(sde, score_fn, (2, 2), 3)(
+        few_step.get_heun_sampler(sde, score_fn, (2, 2), 3)(
             jax.random.key(0), MIX, z=jnp.zeros((3, 2))
         )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from score_sde_jax import datasets, input_pipeline
+from score_sde_jax.data import datasets, pipeline
 
 NUM_DIGITS_TRAIN = 1797 - datasets.DIGITS_NUM_EVAL
 
@@ -33,7 +33,7 @@ def take(iterator, n):
 
 
 def batches(config, n=3, seed=0, **kwargs):
-    train_iter, _ = input_pipeline.create_datasets(
+    train_iter, _ = pipeline.create_datasets(
         config, seed=seed, process_index=kwargs.pop("process_index", 0), **kwargs
     )
     return take(train_iter, n)
@@ -57,7 +57,7 @@ class IndexSource(datasets.Source):
 def index_loader(n=60, global_batch=8, process_index=0, process_count=1, **kwargs):
     options = dict(single_pass=False, random_flip=False, uniform_dequantization=False)
     options.update(kwargs)
-    return input_pipeline.BatchLoader(
+    return pipeline.BatchLoader(
         IndexSource(n),
         seed=3,
         split="train",
@@ -76,7 +76,7 @@ def decoded_indices(batch):
 def test_digits_shapes_values_and_centering():
     (plain,) = batches(digits_config(), n=1)
     (centered,) = batches(digits_config(centered=True), n=1)
-    _, eval_iter = input_pipeline.create_datasets(digits_config(), seed=0, process_index=0)
+    _, eval_iter = pipeline.create_datasets(digits_config(), seed=0, process_index=0)
     eval_batch = next(eval_iter)
     assert plain["image"].shape == (32, 16, 16, 1) and plain["image"].dtype == np.float32
     assert plain["label"].shape == (32,) and plain["label"].dtype == np.int32
@@ -87,7 +87,7 @@ def test_digits_shapes_values_and_centering():
     np.testing.assert_allclose(k, np.round(k), atol=1e-4)
     assert plain["image"].min() == 0.0 and plain["image"].max() == 1.0
     np.testing.assert_allclose(centered["image"], 2 * plain["image"] - 1, atol=1e-6)
-    assert input_pipeline.image_shape(digits_config()) == (16, 16, 1)
+    assert pipeline.image_shape(digits_config()) == (16, 16, 1)
 
 
 def test_digits_pad_keeps_native_pixels():
@@ -113,7 +113,7 @@ def test_uniform_dequantization_range():
 def test_dequantize_never_reaches_next_level():
     k = np.arange(256, dtype=np.uint8)
     u = np.full(256, np.nextafter(np.float32(1), np.float32(0)))  # the largest u < 1
-    y = input_pipeline.uniform_dequantize(k, u)
+    y = pipeline.uniform_dequantize(k, u)
     assert np.all(y < (k.astype(np.float32) + 1) / 256) and np.all(y >= k / 256)
 
 
@@ -176,21 +176,21 @@ def test_global_batch_does_not_depend_on_process_count():
 
 def test_batch_size_must_divide_by_process_count():
     with pytest.raises(ValueError, match="global batch size.*process count 3"):
-        input_pipeline.create_datasets(digits_config(), seed=0, process_index=0, process_count=3)
+        pipeline.create_datasets(digits_config(), seed=0, process_index=0, process_count=3)
 
 
 def test_unknown_dataset_lists_valid_names():
     with pytest.raises(ValueError, match="CIFAR10, SVHN, CELEBA, LSUN"):
-        input_pipeline.create_datasets(digits_config(dataset="mnist"), seed=0, process_index=0)
+        pipeline.create_datasets(digits_config(dataset="mnist"), seed=0, process_index=0)
 
 
 def test_get_state_set_state_resumes_exactly():
     config = digits_config(random_flip=True, uniform_dequantization=True)
-    train_iter, _ = input_pipeline.create_datasets(config, seed=1, process_index=0)
+    train_iter, _ = pipeline.create_datasets(config, seed=1, process_index=0)
     take(train_iter, 3)
     state = train_iter.get_state()
     expected = take(train_iter, 2)
-    resumed, _ = input_pipeline.create_datasets(config, seed=1, process_index=0)
+    resumed, _ = pipeline.create_datasets(config, seed=1, process_index=0)
     resumed.set_state(state)
     for x, y in zip(take(resumed, 2), expected, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
@@ -200,13 +200,13 @@ def test_orbax_checkpoint_of_the_iterator(tmp_path):
     import orbax.checkpoint as ocp
 
     config = digits_config(random_flip=True)
-    train_iter, _ = input_pipeline.create_datasets(config, seed=2, process_index=0)
+    train_iter, _ = pipeline.create_datasets(config, seed=2, process_index=0)
     take(train_iter, 5)
     with ocp.CheckpointManager(tmp_path) as manager:
         manager.save(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(train_iter)))
         manager.wait_until_finished()
     expected = next(train_iter)
-    resumed, _ = input_pipeline.create_datasets(config, seed=2, process_index=0)
+    resumed, _ = pipeline.create_datasets(config, seed=2, process_index=0)
     with ocp.CheckpointManager(tmp_path) as manager:
         manager.restore(
             5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed))
@@ -217,9 +217,7 @@ def test_orbax_checkpoint_of_the_iterator(tmp_path):
 def test_evaluation_pass_sees_every_example_once_in_order():
     config = digits_config(random_flip=True)
     per_process = [
-        input_pipeline.create_datasets(
-            config, seed=0, process_index=p, process_count=2, evaluation=True
-        )
+        pipeline.create_datasets(config, seed=0, process_index=p, process_count=2, evaluation=True)
         for p in (0, 1)
     ]
     train = [list(it) for it, _ in per_process]
@@ -253,9 +251,9 @@ def test_toy2d_points():
         centered=True,
         uniform_dequantization=True,
     )
-    assert input_pipeline.image_shape(config) == (2,)
+    assert pipeline.image_shape(config) == (2,)
     config.training.batch_size = 4000
-    train_iter, eval_iter = input_pipeline.create_datasets(config, seed=0, process_index=0)
+    train_iter, eval_iter = pipeline.create_datasets(config, seed=0, process_index=0)
     batch = next(train_iter)
     x, label = batch["image"], batch["label"]
     assert x.shape == (4000, 2) and x.dtype == np.float32 and eval_iter is not None
@@ -281,9 +279,7 @@ def cifar_config():
 
 def test_cifar10_under_mock_data():
     with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
-        train_iter, eval_iter = input_pipeline.create_datasets(
-            cifar_config(), seed=0, process_index=0
-        )
+        train_iter, eval_iter = pipeline.create_datasets(cifar_config(), seed=0, process_index=0)
         train, held_out = next(train_iter), next(eval_iter)
     assert train["image"].shape == (8, 32, 32, 3) and train["image"].dtype == np.float32
     assert train["label"].shape == (8,) and train["label"].dtype == np.int32
@@ -307,7 +303,7 @@ def test_other_tfds_datasets_under_mock_data(dataset, image_size, extra):
     config.training.batch_size = 2
     config.eval.batch_size = 2
     with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
-        train_iter, eval_iter = input_pipeline.create_datasets(config, seed=0, process_index=0)
+        train_iter, eval_iter = pipeline.create_datasets(config, seed=0, process_index=0)
         train, held_out = next(train_iter), next(eval_iter)
     for batch in (train, held_out):
         assert batch["image"].shape == (2, image_size, image_size, 3)
@@ -316,6 +312,4 @@ def test_other_tfds_datasets_under_mock_data(dataset, image_size, extra):
 
 def test_unprepared_tfds_dataset_names_the_prepare_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m score_sde_jax.prepare_data cifar10"):
-        input_pipeline.create_datasets(
-            cifar_config(), seed=0, data_dir=str(tmp_path), process_index=0
-        )
+        pipeline.create_datasets(cifar_config(), seed=0, data_dir=str(tmp_path), process_index=0)

@@ -6,7 +6,7 @@ import pytest
 import scipy.linalg
 import scipy.special
 
-from score_sde_jax import datasets
+from score_sde_jax.data import datasets
 from score_sde_jax.evaluation import inception, metrics
 from score_sde_jax.tools import stats
 

@@ -16,8 +16,8 @@ import pytest
 from conftest import FIXTURES as FIXTURES_ROOT
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from score_sde_jax.models import get_model
 from score_sde_jax.models import fir as fir_ops
+from score_sde_jax.models import get_model
 
 FIXTURES = FIXTURES_ROOT / "official_models"
 CASES = ("ncsnpp_ve_small", "ddpmpp_vp_small", "ncsnpp_outputskip_small")

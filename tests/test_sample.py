@@ -1,4 +1,4 @@
-"""The sampling tool (issue 6, item 1): `sample_lib` and ``python -m score_sde_jax.sample``.
+"""The sampling tool (issue 6, item 1): `sampling.generation` and ``python -m score_sde_jax.sample``.
 
 A tiny MLP on 8x8 digits is trained for two steps by `train_lib.train_and_evaluate`; its
 checkpoint is sampled on 4 and on 1 simulated devices. The CLI runs on the released-format
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, REPO_ROOT
 
-from score_sde_jax import sample_lib, train_lib
+from score_sde_jax import distributed, train_lib
 from score_sde_jax.configs import digits
+from score_sde_jax.sampling import generation
 
 OFFICIAL = FIXTURES / "official_models"
 
@@ -50,14 +51,14 @@ def _load(path):
 def test_same_seed_gives_same_images_on_4_and_1_devices(workdir, tmp_path):
     four, one = tmp_path / "four.npz", tmp_path / "one.npz"
     # The saved run config is used (no config given); batches of 8 over 4 devices vs 4 on 1.
-    sample_lib.sample_to_file(workdir=workdir, num_samples=10, batch_size=8, seed=7, output=four)
-    sample_lib.sample_to_file(
+    generation.sample_to_file(workdir=workdir, num_samples=10, batch_size=8, seed=7, output=four)
+    generation.sample_to_file(
         workdir=workdir,
         num_samples=10,
         batch_size=4,
         seed=7,
         output=one,
-        mesh=train_lib.create_mesh(jax.devices()[:1]),
+        mesh=distributed.create_mesh(jax.devices()[:1]),
     )
     images4, nfe4, meta = _load(four)
     images1, nfe1, _ = _load(one)
@@ -69,21 +70,21 @@ def test_same_seed_gives_same_images_on_4_and_1_devices(workdir, tmp_path):
     assert meta["step"] == 2 and meta["checkpoint_source"] == "train" and meta["seed"] == 7
     assert os.path.getsize(four.with_suffix(".png")) > 0
     other = tmp_path / "other.npz"
-    sample_lib.sample_to_file(workdir=workdir, num_samples=10, batch_size=8, seed=8, output=other)
+    generation.sample_to_file(workdir=workdir, num_samples=10, batch_size=8, seed=8, output=other)
     assert np.mean(_load(other)[0] != images4) > 0.3
 
 
 @pytest.mark.parametrize("name", ["pc", "ode"])
 def test_model_space_samples_do_not_depend_on_device_count(workdir, name):
     # The barely trained network's samples mostly saturate as uint8: compare the floats too.
-    config = sample_lib.load_run_config(workdir)
-    spec = sample_lib.SamplerSpec(name=name)
+    config = generation.load_run_config(workdir)
+    spec = generation.SamplerSpec(name=name)
     outputs = []
     for devices, batch_size in ((jax.devices(), 8), (jax.devices()[:1], 4)):
-        mesh = train_lib.create_mesh(devices)
-        params = sample_lib.load_checkpoint_params(config, workdir=workdir, mesh=mesh).params
-        generator = sample_lib.Generator(config, spec, batch_size, mesh, raw=True)
-        outputs.append(sample_lib.generate(generator, params, seed=3, num_samples=8, start=5))
+        mesh = distributed.create_mesh(devices)
+        params = generation.load_checkpoint_params(config, workdir=workdir, mesh=mesh).params
+        generator = generation.Generator(config, spec, batch_size, mesh, raw=True)
+        outputs.append(generation.generate(generator, params, seed=3, num_samples=8, start=5))
     (x4, nfe4), (x1, nfe1) = outputs
     assert x4.dtype == np.float32 and x4.shape == (8, 8, 8, 1)
     assert np.std(x4) > 0.1
@@ -92,20 +93,20 @@ def test_model_space_samples_do_not_depend_on_device_count(workdir, name):
 
 
 def test_checkpoint_and_sampler_errors(workdir):
-    config = sample_lib.load_run_config(workdir)
+    config = generation.load_run_config(workdir)
     with pytest.raises(FileNotFoundError, match=r"available steps: \[1, 2\]"):
-        sample_lib.load_checkpoint_params(config, workdir=workdir, checkpoint=5)
+        generation.load_checkpoint_params(config, workdir=workdir, checkpoint=5)
     with pytest.raises(ValueError, match="pass --config"):
-        sample_lib.resolve_config(None, workdir, OFFICIAL / "ncsnpp_ve_small_ckpt" / "checkpoint_1")
+        generation.resolve_config(None, workdir, OFFICIAL / "ncsnpp_ve_small_ckpt" / "checkpoint_1")
     with pytest.raises(ValueError, match="valid names"):
-        sample_lib.get_sampler(config, sample_lib.SamplerSpec(name="ddim"), 4)
+        generation.get_sampler(config, generation.SamplerSpec(name="ddim"), 4)
     with pytest.raises(ValueError, match="needs --num_steps"):
-        sample_lib.get_sampler(config, sample_lib.SamplerSpec(name="heun"), 4)
+        generation.get_sampler(config, generation.SamplerSpec(name="heun"), 4)
     with pytest.raises(ValueError, match="multiple of the number of devices"):
-        sample_lib.Generator(config, sample_lib.SamplerSpec(name="pc"), 6)
+        generation.Generator(config, generation.SamplerSpec(name="pc"), 6)
     config.training.sde = "vesde"
     with pytest.raises(ValueError, match="VP or sub-VP"):
-        sample_lib.get_sampler(config, sample_lib.SamplerSpec(name="dpm2", num_steps=2), 4)
+        generation.get_sampler(config, generation.SamplerSpec(name="dpm2", num_steps=2), 4)
 
 
 def test_cli_samples_the_released_original_checkpoint(tmp_path):
@@ -113,8 +114,8 @@ def test_cli_samples_the_released_original_checkpoint(tmp_path):
         config = json.loads(str(z["config_json"]))["config"]
     config_file = tmp_path / "ncsnpp_ve_small.py"
     config_file.write_text(
-        "from score_sde_jax import sample_lib\n\n\n"
-        f"def get_config():\n    return sample_lib.config_from_json({json.dumps(config)!r})\n"
+        "from score_sde_jax.sampling import generation\n\n\n"
+        f"def get_config():\n    return generation.config_from_json({json.dumps(config)!r})\n"
     )
     output = tmp_path / "samples.npz"
     command = [

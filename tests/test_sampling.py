@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde_jax import gmm, pc_sampling, sampling, sde_lib
+from score_sde_jax import gmm, sampling, sde_lib
+from score_sde_jax.sampling import pc
 
 WEIGHTS = [0.25, 0.25, 0.5]
 MEANS = [[-1.5, 1.0], [1.5, 1.0], [0.0, -1.0]]  # weighted mean 0 (a VE prior needs it centred)
@@ -249,13 +250,13 @@ def test_registered_corrector_with_wrong_noise_fails_calibration(monkeypatch):
     # Langevin with noise sqrt(ε) instead of sqrt(2ε) (testing notes: ~23 % too narrow),
     # added through the public registry. The real corrector passes the same check in
     # test_pc_sampler_reproduces_mixture[vp-reverse_diffusion-langevin-False].
-    monkeypatch.setattr(pc_sampling, "_CORRECTORS", dict(pc_sampling._CORRECTORS))
+    monkeypatch.setattr(pc, "_CORRECTORS", dict(pc._CORRECTORS))
 
     @sampling.register_corrector("half_noise_langevin")
     def half_noise(sde, score_fn, snr, n_steps=1, batch_pooled=False):
         def update(rng, params, x, t):
             grad = score_fn(params, x, t)
-            z = pc_sampling.normal_like(rng, x)
+            z = pc.normal_like(rng, x)
             norm = lambda v: jnp.linalg.norm(v, axis=-1)  # noqa: E731
             step = 2 * sampling.langevin_alpha(sde, t) * (snr * norm(z) / norm(grad)) ** 2
             x_mean = x + step[:, None] * grad

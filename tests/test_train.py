@@ -16,8 +16,9 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from configs.ve import cifar10_ncsnpp_continuous
 from configs.vp import cifar10_ddpmpp_continuous
-from score_sde_jax import checkpointing, convert_checkpoint, input_pipeline, models, train_lib
+from score_sde_jax import checkpoints, convert_checkpoint, distributed, models, train_lib
 from score_sde_jax.configs import digits, toy2d
+from score_sde_jax.data import pipeline
 
 
 def toy_config(n_iters=20):
@@ -180,7 +181,7 @@ def toy_run(tmp_path_factory):
 
 def test_four_devices_match_one_device(toy_run, tmp_path):
     workdir4, params4 = toy_run
-    mesh1 = train_lib.create_mesh(jax.devices()[:1])
+    mesh1 = distributed.create_mesh(jax.devices()[:1])
     params1 = params_of(train_lib.train_and_evaluate(toy_config(), str(tmp_path), mesh=mesh1))
     for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params4), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
@@ -210,7 +211,7 @@ def test_resume_after_corrupt_latest_checkpoint_is_bitwise_exact(toy_run, tmp_pa
 
 
 def test_nan_loss_stops_training_and_checkpoints_stay_finite(tmp_path, monkeypatch):
-    original = input_pipeline.BatchLoader.__call__
+    original = pipeline.BatchLoader.__call__
 
     def poisoned(self, step):
         batch = original(self, step)
@@ -218,7 +219,7 @@ def test_nan_loss_stops_training_and_checkpoints_stay_finite(tmp_path, monkeypat
             batch["image"] = np.full_like(batch["image"], np.nan)
         return batch
 
-    monkeypatch.setattr(input_pipeline.BatchLoader, "__call__", poisoned)
+    monkeypatch.setattr(pipeline.BatchLoader, "__call__", poisoned)
     config = toy_config(n_iters=40)
     config.eval.batch_size = 32
     with pytest.raises(train_lib.NonFiniteLossError, match="at step 23"):
@@ -231,23 +232,23 @@ def test_nan_loss_stops_training_and_checkpoints_stay_finite(tmp_path, monkeypat
             train_lib.create_optimizer(config),
         )
     )
-    with checkpointing.CheckpointManager(tmp_path / "checkpoints") as manager:
+    with checkpoints.CheckpointManager(tmp_path / "checkpoints") as manager:
         assert manager.all_steps() == [10, 20]
         state, _, step = manager.restore_latest(template, jax.random.PRNGKey(0))
-    assert step == 20 and int(state.step) == 20 and checkpointing.all_finite(state)
+    assert step == 20 and int(state.step) == 20 and checkpoints.all_finite(state)
 
 
 def test_checkpoint_manager_refuses_non_finite_state(tmp_path):
     state = {"w": jnp.array([1.0, jnp.nan])}
-    with checkpointing.CheckpointManager(tmp_path, async_save=False) as manager:
-        with pytest.raises(checkpointing.NonFiniteStateError, match="checkpoint 3"):
+    with checkpoints.CheckpointManager(tmp_path, async_save=False) as manager:
+        with pytest.raises(checkpoints.NonFiniteStateError, match="checkpoint 3"):
             manager.save(3, state, jax.random.PRNGKey(0))
         assert manager.all_steps() == []
 
 
 def test_restore_raises_and_renames_nothing_when_no_checkpoint_fits(tmp_path):
     rng = np.asarray(jax.random.PRNGKey(0))
-    with checkpointing.CheckpointManager(tmp_path, async_save=False) as manager:
+    with checkpoints.CheckpointManager(tmp_path, async_save=False) as manager:
         for step in (1, 2):
             manager.save(step, {"w": jnp.ones(3)}, rng)
         with pytest.raises(RuntimeError, match=r"None of the checkpoints \[1, 2\]"):
@@ -264,7 +265,7 @@ def test_restore_raises_and_renames_nothing_when_no_checkpoint_fits(tmp_path):
 
 def one_device():
     """A 1-device mesh: the U-Net runs below compile faster unpartitioned (sharding: toy tests)."""
-    return train_lib.create_mesh(jax.devices()[:1])
+    return distributed.create_mesh(jax.devices()[:1])
 
 
 @pytest.fixture

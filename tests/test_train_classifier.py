@@ -15,9 +15,10 @@ from scipy.special import log_softmax
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs.classifier import cifar10_wideresnet
-from score_sde_jax import classifier_lib, controllable, sde_lib, train_lib
+from score_sde_jax import classifier_lib, distributed, sde_lib
 from score_sde_jax.configs import classifier_digits, digits
 from score_sde_jax.models import wideresnet
+from score_sde_jax.sampling import controllable
 
 
 def read_scalars(workdir, tag):
@@ -220,7 +221,7 @@ def bars_run(tmp_path_factory, first_cli_run):  # the CLI run proceeds meanwhile
     workdir = str(root / "run")
     # One device: on 4, the first checkpoint alone compiles ~70 orbax slices (sharded evaluation:
     # the digits test).
-    mesh = train_lib.create_mesh(jax.devices()[:1])
+    mesh = distributed.create_mesh(jax.devices()[:1])
     state = classifier_lib.train_and_evaluate(config, workdir, mesh=mesh)
     return config, workdir, state
 
@@ -270,7 +271,7 @@ def test_evaluation_on_four_devices_matches_the_logged_one_device_evaluation(
     workdir = digits_run[0]
     config = shrunk_digits_config(4)
     params, _ = classifier_lib.restore_params(config, str(workdir))  # replicated on 4 devices
-    evaluate = classifier_lib.create_evaluator(config, train_lib.create_mesh())
+    evaluate = classifier_lib.create_evaluator(config, distributed.create_mesh())
     # The run's evaluation key: fold_in(base key, 2), base key = PRNGKey(config.seed).
     metrics = evaluate(params, jax.random.fold_in(jax.random.PRNGKey(config.seed), 2))
     for tag in ("eval_loss", "eval_accuracy", "eval_loss/sigma_13.8-100"):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from score_sde_jax import checkpointing, models, train_lib
+from score_sde_jax import checkpoints, models, train_lib
 from score_sde_jax.configs import toy2d
 
 TOY_CONFIG = str(REPO_ROOT / "score_sde_jax" / "configs" / "toy2d.py")
@@ -41,16 +41,17 @@ OVERRIDES = {
 # A run whose data arrive slowly (0.15 s a batch), so that signals land in the middle of it.
 SLOW_DRIVER = """
 import json, sys, time
-from score_sde_jax import input_pipeline, train_lib
+from score_sde_jax import train_lib
+from score_sde_jax.data import pipeline
 from score_sde_jax.configs import toy2d
 
-original = input_pipeline.BatchLoader.__call__
+original = pipeline.BatchLoader.__call__
 
 def slow(self, step):
     time.sleep(0.15)
     return original(self, step)
 
-input_pipeline.BatchLoader.__call__ = slow
+pipeline.BatchLoader.__call__ = slow
 config = toy2d.get_config()
 for key, value in json.loads(sys.argv[2]).items():
     section, name = key.split(".")
@@ -83,7 +84,7 @@ def _restore(workdir, config):
             train_lib.create_optimizer(config),
         )
     )
-    with checkpointing.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+    with checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
         state, _, step = manager.restore_latest(template, jax.random.PRNGKey(0))
     return state, step
 
@@ -145,7 +146,7 @@ def _run_and_signal(workdir, sig):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_killed_run_resumes_bitwise_exactly(reference, tmp_path, sig):
     returncode, output = _run_and_signal(tmp_path, sig)
-    with checkpointing.CheckpointManager(tmp_path / "checkpoints") as manager:
+    with checkpoints.CheckpointManager(tmp_path / "checkpoints") as manager:
         steps = manager.all_steps()
     if sig == signal.SIGTERM:
         # A clean exit with a checkpoint of the step reached, which need not be a multiple of 10.

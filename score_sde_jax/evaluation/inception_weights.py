@@ -8,7 +8,7 @@ downloaded, and a missing file stops FID with a message saying where to put it.
 Where the file is looked up (first match): an explicit path (``--inception_weights``), the
 environment variable ``$SCORE_SDE_INCEPTION_WEIGHTS``, then
 ``~/.cache/score_sde_jax/pt_inception-2015-12-05-6726825d.pth``. Either the ``.pth`` itself
-(read without torch by `score_sde_jax.torch_pickle.load_pth`) or an ``.npz`` written by this
+(read without torch by `score_sde_jax.checkpoints.torch_pickle.load_pth`) or an ``.npz`` written by this
 module's converter may be used::
 
     python -m score_sde_jax.evaluation.inception_weights SRC.pth DST.npz
@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, logging
 
+from score_sde_jax.checkpoints.torch_pickle import load_pth
 from score_sde_jax.evaluation import inception
-from score_sde_jax.torch_pickle import load_pth
 
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_ENV_VAR = "SCORE_SDE_INCEPTION_WEIGHTS"

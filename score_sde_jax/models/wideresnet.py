@@ -199,7 +199,7 @@ def get_classifier_fn(
     data_mean=CIFAR10_MEAN,
     data_std=CIFAR10_STD,
 ):
-    """``classifier_fn(params, x, t) -> logits`` for `score_sde_jax.controllable`, for any SDE.
+    """``classifier_fn(params, x, t) -> logits`` for `score_sde_jax.sampling.controllable`, for any SDE.
 
     The classifier was trained on VE-perturbed images y + σ z with y ∈ [0, 1]. A sample
     x(t) = m(t) x0 + s(t) z of any of the linear SDEs (m, s from ``sde.marginal_prob``) is m times

@@ -15,7 +15,7 @@ a lower bound of the full-data maximum (it uses every example when ``num_samples
 import numpy as np
 from absl import app, flags
 
-from score_sde_jax import datasets, input_pipeline
+from score_sde_jax.data import datasets, pipeline
 
 
 def max_pairwise_distance(x: np.ndarray, chunk_size: int = 1024) -> tuple[float, tuple[int, int]]:
@@ -48,7 +48,7 @@ def training_sample(config, num_samples: int, seed: int = 0, data_dir: str | Non
     indices = np.sort(rng.choice(len(source), size=n, replace=False))
     examples = np.stack([source[int(i)][0] for i in indices])
     if source.is_image:
-        examples = input_pipeline.to_model_space(examples, centered=config.data.centered)
+        examples = pipeline.to_model_space(examples, centered=config.data.centered)
     return examples, len(source)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import datasets
+from score_sde_jax.data import datasets
 from score_sde_jax.evaluation import inception, inception_weights, metrics
 
 

@@ -41,7 +41,7 @@ every mode (for repeated bits/dim passes, use different seeds).
 
 Options read from ``config.data`` besides the original's keys: ``data_dir`` (tfds),
 ``num_threads`` (reader threads, default min(8, cores)), ``prefetch_batches`` (default 4) and
-the dataset options documented in `score_sde_jax.datasets`.
+the dataset options documented in `score_sde_jax.data.datasets`.
 """
 
 import os
@@ -51,7 +51,7 @@ import grain
 import jax
 import numpy as np
 
-from score_sde_jax import datasets
+from score_sde_jax.data import datasets
 
 # A training stream has no end; grain needs a length, and 2**62 steps is unreachable.
 _INFINITE_STEPS = 2**62
@@ -72,6 +72,20 @@ def per_process_batch_size(global_batch_size: int, process_count: int, what: str
             f"loads {what} / {process_count} examples per step."
         )
     return global_batch_size // process_count
+
+
+def get_data_scaler(config):
+    """x ↦ 2x − 1 when ``config.data.centered`` (VP / sub-VP configs), else the identity."""
+    if config.data.centered:
+        return lambda x: x * 2.0 - 1.0
+    return lambda x: x
+
+
+def get_data_inverse_scaler(config):
+    """The inverse of `get_data_scaler`: x ↦ (x + 1)/2 when centered, else the identity."""
+    if config.data.centered:
+        return lambda x: (x + 1.0) / 2.0
+    return lambda x: x
 
 
 def uniform_dequantize(image: np.ndarray, u: np.ndarray) -> np.ndarray:

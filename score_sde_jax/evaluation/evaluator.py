@@ -74,17 +74,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import (
-    datasets,
-    distributed,
-    input_pipeline,
-    likelihood,
-    models,
-    sample_lib,
-    sde_lib,
-    train_lib,
-)
+from score_sde_jax import distributed, likelihood, models, sde_lib, train_lib
+from score_sde_jax.data import datasets, pipeline
 from score_sde_jax.evaluation import inception, inception_weights, metrics
+from score_sde_jax.sampling import generation
 from score_sde_jax.tools import stats as stats_lib
 
 LOSS_STREAM, BPD_STREAM = 0, 1
@@ -178,10 +171,10 @@ def find_checkpoint(config, workdir, ckpt: int, timeout: float = 0.0, poll: floa
       FileNotFoundError: neither exists after ``timeout`` seconds.
     """
     step = checkpoint_step(config, ckpt)
-    original = os.path.join(sample_lib.checkpoint_dir(workdir), f"checkpoint_{ckpt}")
+    original = os.path.join(generation.checkpoint_dir(workdir), f"checkpoint_{ckpt}")
     deadline = time.time() + timeout
     while True:
-        if step in sample_lib.available_steps(workdir):
+        if step in generation.available_steps(workdir):
             return step
         if os.path.isfile(original):
             return original
@@ -189,7 +182,7 @@ def find_checkpoint(config, workdir, ckpt: int, timeout: float = 0.0, poll: floa
             raise FileNotFoundError(
                 f"Checkpoint {ckpt} not found: no step {step} (= {ckpt} x training.snapshot_freq "
                 f"{config.training.snapshot_freq}) among the steps "
-                f"{sample_lib.available_steps(workdir)} in {sample_lib.checkpoint_dir(workdir)}, "
+                f"{generation.available_steps(workdir)} in {generation.checkpoint_dir(workdir)}, "
                 f"and no original file {original}. Check eval.begin_ckpt / eval.end_ckpt, or pass "
                 "--checkpoint_timeout to wait for a running training job."
             )
@@ -233,7 +226,7 @@ def resolve_fid_resources(config, inception_weights_path=None, stats_path=None) 
     return FIDResources(str(weights), str(stats_path))
 
 
-def settings(config, spec: sample_lib.SamplerSpec, fid: FIDResources | None) -> dict:
+def settings(config, spec: generation.SamplerSpec, fid: FIDResources | None) -> dict:
     """What the stored results depend on, by group: ``config`` always, ``sampling`` (sampler,
     Inception weights, statistics) when the sampling mode runs. Compared on resume."""
     config_dict = json.loads(config.to_json_best_effort())
@@ -368,7 +361,7 @@ class Evaluator:
         return jax.make_array_from_process_local_data(self.split, np.asarray(local, np.float32))
 
     def _iterator(self, config, split: str, seed: int):
-        train_iter, eval_iter = input_pipeline.create_datasets(
+        train_iter, eval_iter = pipeline.create_datasets(
             config,
             seed=seed,
             data_dir=config.data.get("data_dir", None),
@@ -396,7 +389,7 @@ class Evaluator:
                 rtol=float(e.get("likelihood_rtol", 1e-5)),
                 atol=float(e.get("likelihood_atol", 1e-5)),
             )
-            score_fn = sample_lib.continuous_time_score_fn(self.config, self.sde, self.model_fn)
+            score_fn = generation.continuous_time_score_fn(self.config, self.sde, self.model_fn)
             if self.is_image:
                 fn = likelihood.get_likelihood_fn(
                     self.sde, score_fn, centered=bool(self.config.data.centered), **kwargs
@@ -508,7 +501,7 @@ class _Sampling:
     def _build(self):
         if self._built is None:
             self._built = (
-                sample_lib.Generator(self.config, self.spec, self.batch_size, self.mesh),
+                generation.Generator(self.config, self.spec, self.batch_size, self.mesh),
                 inception.make_inception_fn(
                     inception_weights.load_inception_params(self.fid.inception_weights)
                 ),
@@ -525,7 +518,7 @@ class _Sampling:
             unit = f"ckpt_{k}/seed_{seed}/round_{r}"
             if unit not in progress:
                 start = r * self.batch_size
-                images, nfe = sample_lib.generate(
+                images, nfe = generation.generate(
                     generator,
                     params,
                     seed=seed,
@@ -562,7 +555,7 @@ def evaluate(
     workdir,
     eval_folder: str = "eval",
     *,
-    sampler: sample_lib.SamplerSpec | None = None,
+    sampler: generation.SamplerSpec | None = None,
     inception_weights_path=None,
     stats_path=None,
     inception_batch_size: int = 250,
@@ -594,9 +587,9 @@ def evaluate(
         missing checkpoint.
       ValueError: inconsistent settings, or results of other settings in the eval folder.
     """
-    mesh = train_lib.create_mesh() if mesh is None else mesh
+    mesh = distributed.create_mesh() if mesh is None else mesh
     e = config.eval
-    spec = sampler or sample_lib.SamplerSpec()
+    spec = sampler or generation.SamplerSpec()
     if spec.name is None:
         spec = dataclasses.replace(spec, name=str(config.sampling.method).lower())
     ckpts = checkpoint_indices(config)
@@ -628,14 +621,14 @@ def evaluate(
         units += [f"ckpt_{k}/seed_{s}/metrics" for s in seeds]
         params = None
         if any(u not in progress for u in units):
-            loaded = sample_lib.load_checkpoint_params(
+            loaded = generation.load_checkpoint_params(
                 config, workdir=workdir, checkpoint=location, mesh=mesh
             )
             params = loaded.params
             logging.info("Checkpoint %d: %s (%s).", k, loaded.path, loaded.source)
         path = location
         if isinstance(location, int):
-            path = os.path.join(sample_lib.checkpoint_dir(workdir), str(location))
+            path = os.path.join(generation.checkpoint_dir(workdir), str(location))
         result = {"step": step, "checkpoint": str(path)}
 
         if do_loss:

@@ -7,7 +7,7 @@ The library behind ``python -m score_sde_jax.sample`` and the sampling mode of
   step), or of a released original checkpoint (flax 0.3.1 msgpack ``checkpoint_<k>``) or
   PyTorch-port ``.pth`` file, told apart by their content;
 * `load_run_config`: the config a ``train`` run saved with its checkpoints;
-* `get_sampler`: the samplers of `score_sde_jax.sampling` and `score_sde_jax.fast_sampling` by
+* `get_sampler`: the samplers of `score_sde_jax.sampling` and `score_sde_jax.sampling.few_step` by
   name ('pc', 'ode', 'sde', 'heun', 'dpm2', 'dpm3'), as ``fn(keys, params) -> (x, nfe)``;
 * `Generator` / `generate`: samples sharded over every device of every process along a 1-D
   ``('data',)`` mesh, with a progress log (NFE per sample);
@@ -44,21 +44,9 @@ from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import (
-    checkpointing,
-    checkpoints,
-    datasets,
-    distributed,
-    fast_sampling,
-    input_pipeline,
-    models,
-    pc_sampling,
-    sampling,
-    score_fns,
-    sde_lib,
-    train_lib,
-    utils,
-)
+from score_sde_jax import checkpoints, distributed, models, sampling, score_fns, sde_lib
+from score_sde_jax.data import datasets, image_io, pipeline
+from score_sde_jax.sampling import few_step, pc
 
 SAMPLERS = ("pc", "ode", "sde", "heun", "dpm2", "dpm3")
 CHECKPOINT_DIR = "checkpoints"
@@ -113,7 +101,7 @@ def load_run_config(workdir, step: int | None = None) -> ml_collections.ConfigDi
     steps = available_steps(workdir)
     if step is None and steps:
         step = steps[-1]
-    path = None if step is None else os.path.join(_step_dir(workdir, step), checkpointing.CONFIG)
+    path = None if step is None else os.path.join(_step_dir(workdir, step), checkpoints.CONFIG)
     if path is None or not os.path.isdir(path):
         raise FileNotFoundError(
             f"No config saved with the checkpoints in {checkpoint_dir(workdir)} (steps found: "
@@ -150,7 +138,7 @@ def resolve_config(config, workdir=None, checkpoint=None):
 def abstract_params(config):
     """Shapes and dtypes of the network's parameters, without computing them."""
     model = models.get_model(config)
-    x = jax.ShapeDtypeStruct((1, *input_pipeline.image_shape(config)), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, *pipeline.image_shape(config)), jnp.float32)
     labels = jax.ShapeDtypeStruct((1,), jnp.float32)
     variables = jax.eval_shape(
         functools.partial(model.init, train=False), jax.random.PRNGKey(0), x, labels
@@ -168,7 +156,7 @@ def restore_ema_params(config, workdir, step: int, mesh: jax.sharding.Mesh):
       FileNotFoundError: no such step (the message lists the available ones).
       checkpoints.CheckpointMismatchError: the checkpoint's network differs from ``config``'s.
     """
-    path = os.path.join(_step_dir(workdir, step), checkpointing.STATE)
+    path = os.path.join(_step_dir(workdir, step), checkpoints.STATE)
     if step not in available_steps(workdir) or not os.path.isdir(path):
         raise FileNotFoundError(
             f"No checkpoint for step {step} in {checkpoint_dir(workdir)}; available steps: "
@@ -244,7 +232,7 @@ def load_checkpoint_params(config, *, workdir=None, checkpoint=None, mesh=None):
       ValueError: ``checkpoint`` is not a file and there is no ``workdir``; the checkpoint's
         network differs from ``config``'s (`checkpoints.CheckpointMismatchError`).
     """
-    mesh = train_lib.create_mesh() if mesh is None else mesh
+    mesh = distributed.create_mesh() if mesh is None else mesh
     replicated = NamedSharding(mesh, P())
     spec = None if checkpoint is None else str(checkpoint)
     if spec is not None and os.path.isfile(spec):
@@ -370,7 +358,7 @@ def get_sampler(config, spec: SamplerSpec, batch_size: int):
         score_fn = score_fns.get_score_fn(sde, model_fn, continuous=config.training.continuous)
     else:
         score_fn = continuous_time_score_fn(config, sde, model_fn)
-    shape = (batch_size, *input_pipeline.image_shape(config))
+    shape = (batch_size, *pipeline.image_shape(config))
     s = config.sampling
     solver_kwargs = {} if spec.solver is None else {"method": spec.solver}
     if name == "pc":
@@ -410,11 +398,11 @@ def get_sampler(config, spec: SamplerSpec, batch_size: int):
             **solver_kwargs,
         )
     elif name == "heun":
-        sampler = fast_sampling.get_heun_sampler(
+        sampler = few_step.get_heun_sampler(
             sde, score_fn, shape, spec.num_steps, eps=eps, denoise=s.noise_removal
         )
     else:
-        sampler = fast_sampling.get_dpm_solver_sampler(
+        sampler = few_step.get_dpm_solver_sampler(
             sde,
             score_fn,
             shape,
@@ -426,7 +414,7 @@ def get_sampler(config, spec: SamplerSpec, batch_size: int):
 
     def sample_fn(keys, params):
         prior_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, _PRIOR_STREAM)
-        z = pc_sampling.prior_sample(sde, prior_keys, shape)
+        z = pc.prior_sample(sde, prior_keys, shape)
         sampler_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, _SAMPLER_STREAM)
         # Deterministic samplers only read z; the others draw their noise from per-sample keys.
         x, nfe = sampler(sampler_keys, params, z=z)
@@ -457,7 +445,7 @@ class Generator:
     """
 
     def __init__(self, config, spec: SamplerSpec, batch_size: int, mesh=None, raw=False):
-        self.mesh = train_lib.create_mesh() if mesh is None else mesh
+        self.mesh = distributed.create_mesh() if mesh is None else mesh
         num_devices = self.mesh.devices.size
         if batch_size <= 0 or batch_size % num_devices:
             raise ValueError(
@@ -469,7 +457,7 @@ class Generator:
         self._split = NamedSharding(self.mesh, P("data"))
         replicated = NamedSharding(self.mesh, P())
         sample_fn = get_sampler(config, spec, batch_size)
-        inverse_scaler = utils.get_data_inverse_scaler(config)
+        inverse_scaler = pipeline.get_data_inverse_scaler(config)
         to_output = (lambda x: to_uint8(inverse_scaler(x))) if self.is_image and not raw else None
 
         def run(indices, seed, params):
@@ -574,9 +562,9 @@ def save_samples(path, samples: np.ndarray, nfe: np.ndarray, metadata: dict, gri
     os.replace(tmp, path)
     png = os.path.splitext(path)[0] + ".png"
     if key == "images":
-        utils.save_image_grid(samples[:grid_size], png)
+        image_io.save_image_grid(samples[:grid_size], png)
     else:
-        utils.save_scatter_png(samples, png)
+        image_io.save_scatter_png(samples, png)
     return png
 
 
@@ -622,7 +610,7 @@ def sample_to_file(
     if num_samples < 1:
         raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
     config = resolve_config(config, workdir, checkpoint)
-    mesh = train_lib.create_mesh() if mesh is None else mesh
+    mesh = distributed.create_mesh() if mesh is None else mesh
     spec = spec or SamplerSpec()
     if spec.name is None:
         spec = dataclasses.replace(spec, name=str(config.sampling.method).lower())

@@ -1,26 +1,9 @@
-"""Data scalers and PNG writers for sample grids.
-
-See docs/original_code.md#training-evaluation-and-data.
-"""
+"""PNG writers for sample grids and scatter plots."""
 
 import math
 
 import numpy as np
 import PIL.Image
-
-
-def get_data_scaler(config):
-    """x ↦ 2x − 1 when ``config.data.centered`` (VP / sub-VP configs), else the identity."""
-    if config.data.centered:
-        return lambda x: x * 2.0 - 1.0
-    return lambda x: x
-
-
-def get_data_inverse_scaler(config):
-    """The inverse of `get_data_scaler`: x ↦ (x + 1)/2 when centered, else the identity."""
-    if config.data.centered:
-        return lambda x: (x + 1.0) / 2.0
-    return lambda x: x
 
 
 def image_grid(images, nrow: int | None = None, padding: int = 2, scale: int = 1):

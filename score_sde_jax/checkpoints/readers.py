@@ -4,7 +4,7 @@
   `State`, docs/checkpoints.md#file-formats) with `msgpack` alone: arrays are decoded from their raw
   bytes for a short list of numeric dtypes, nothing is unpickled or executed.
 * `load_pytorch` reads a `.pth` file of the PyTorch port (`yang-song/score_sde_pytorch`) through
-  the restricted reader `score_sde_jax.torch_pickle` (no torch needed).
+  the restricted reader `score_sde_jax.checkpoints.torch_pickle` (no torch needed).
 * `params_from_original` maps a parameter tree in the original layout onto ours. Our networks
   reproduce the original module names and creation order, so the only difference is the shape of
   GroupNorm ``scale``/``bias``: (1, 1, 1, C) in flax <= 0.3.5, (C,) now
@@ -27,9 +27,9 @@ import msgpack
 import numpy as np
 from flax import traverse_util
 
-from score_sde_jax import torch_pickle
+from score_sde_jax.checkpoints import torch_pickle
+from score_sde_jax.checkpoints.torch_pickle import UnsafeCheckpointError
 from score_sde_jax.models import get_model
-from score_sde_jax.torch_pickle import UnsafeCheckpointError
 
 __all__ = [
     "CheckpointError",
@@ -556,7 +556,7 @@ def load_pytorch(path, config, use_ema=True):
     Raises:
       FileNotFoundError: no such file.
       UnsafeCheckpointError: the pickle references a global outside the tensor/container
-        allow-list (see `score_sde_jax.torch_pickle`).
+        allow-list (see `score_sde_jax.checkpoints.torch_pickle`).
       CheckpointFormatError: not a PyTorch-port checkpoint (an original JAX checkpoint: the
         message points to `load_original`).
       torch_pickle.TorchCheckpointError: the .pth file is corrupt or truncated.

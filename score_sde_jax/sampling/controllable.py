@@ -10,7 +10,7 @@
   (Eq. 13, §4.3) — the paper's uniquely identifiable encoding.
 
 The PC samplers reuse the registered predictors and correctors and `pc_loop` of
-`score_sde_jax.pc_sampling` (paper order: predictor, then corrector), with per-sample keys: the
+`score_sde_jax.sampling.pc` (paper order: predictor, then corrector), with per-sample keys: the
 noise of sample b comes from its own key, so no sample depends on its batch-mates. They differ from
 the original's `controllable_generation.py` where it is wrong (docs/original_code.md, D7, D8, D10):
 
@@ -36,7 +36,7 @@ import numpy as np
 
 from score_sde_jax import sde_lib
 from score_sde_jax.likelihood import ODE_SOLVERS
-from score_sde_jax.pc_sampling import (
+from score_sde_jax.sampling.pc import (
     check_shape,
     get_corrector,
     get_predictor,

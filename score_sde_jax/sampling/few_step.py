@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from score_sde_jax import sde_lib
-from score_sde_jax.pc_sampling import (
+from score_sde_jax.sampling.pc import (
     check_prior_sample,
     check_shape,
     per_sample_keys,
