@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from score_sde_jax import checkpoints, distributed, train_lib, train_loop
-from score_sde_jax.data import datasets, pipeline
+from score_sde_jax.data import datasets, image_folder, pipeline
 from score_sde_jax.models import wideresnet
 
 # Datasets whose images carry class labels, and how many classes they have.
@@ -90,7 +90,7 @@ def dataset_num_classes(config) -> int:
         for key in ("path", "eval_path"):
             root = config.data.get(key, None)
             if root:
-                files, labels = datasets.list_images(root)
+                files, labels = image_folder.list_images(root)
                 root = pathlib.Path(root).expanduser()
                 # All labels 0: the images are not all in subdirectories, or in a single one.
                 names = {f.relative_to(root).parts[0] for f in files} if labels.any() else ()
