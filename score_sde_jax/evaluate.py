@@ -5,7 +5,7 @@ checkpoint index in ``[eval.begin_ckpt, eval.end_ckpt]`` (checkpoint k = trainin
 training.snapshot_freq): eval loss (``eval.enable_loss``), bits/dim (``eval.enable_bpd``) and
 samples with FID / IS / KID (``eval.enable_sampling``). Results go to ``<workdir>/<eval_folder>``:
 per-unit files, a ``progress.json`` that makes a rerun resume after preemption, and ``report.json``
-with the last and the best checkpoints' numbers and the seeds. Details: `score_sde_jax.evaluation.evaluator`.
+with the last and the best checkpoints' numbers and the seeds. Details: docs/evaluation.md.
 
 Examples::
 
@@ -26,7 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from score_sde_jax import distributed
-from score_sde_jax.evaluation import evaluator
+from score_sde_jax.evaluation import driver
 from score_sde_jax.sampling import generation
 
 FLAGS = flags.FLAGS
@@ -111,7 +111,7 @@ def main(argv):
         reproduce_original=FLAGS.reproduce_original,
     )
     try:
-        report = evaluator.evaluate(
+        report = driver.evaluate(
             config,
             FLAGS.workdir,
             FLAGS.eval_folder,
