@@ -29,24 +29,22 @@ the original's `controllable_generation.py` where it is wrong (docs/original_cod
 
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from score_sde_jax import sde_lib
-from score_sde_jax.likelihood import ODE_SOLVERS
-from score_sde_jax.sampling.pc import (
+from score_sde_jax.sampling import solvers
+from score_sde_jax.sampling.common import (
+    check_positive_int,
     check_shape,
-    get_corrector,
-    get_predictor,
     normal_like,
-    pc_loop,
     per_sample_keys,
     prior_sample,
     resolve_eps,
     split_per_sample,
 )
+from score_sde_jax.sampling.pc import get_corrector, get_predictor, pc_loop
 from score_sde_jax.sde_lib import batch_mul
 
 # Orthonormal colour decoupling of the original (App. I.3;
@@ -81,8 +79,7 @@ def couple_colors(y):
 
 def _pc_setup(sde, score_fn, shape, predictor, corrector, snr, n_steps, probability_flow, eps):
     """Validated shape and eps, and the (predictor, corrector) updates of the registries."""
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps}.")
+    check_positive_int("n_steps", n_steps)
     updates = (
         get_predictor(predictor)(sde, score_fn, probability_flow),
         get_corrector(corrector)(sde, score_fn, snr, n_steps),
@@ -374,37 +371,9 @@ def get_pc_conditional_sampler(
 # ----------------------------------------------------------------------------------------------
 
 
-def _get_flow(sde, score_fn, t0, t1, rtol, atol, method, max_steps):
-    """Per-sample adaptive solve of the probability-flow ODE from t0 to t1: ``fn(params, x)``."""
-    if str(method).lower() not in ODE_SOLVERS:
-        raise ValueError(f"Unknown ODE method {method!r}; valid choices: {sorted(ODE_SOLVERS)}.")
-    solver = ODE_SOLVERS[str(method).lower()]()
-    # Score evaluations: each Runge–Kutta stage once per (accepted or rejected) step, except that
-    # a first-same-as-last tableau reuses the previous step's last stage (paid once at t0).
-    fsal = int(solver.tableau.fsal)
-    per_step = solver.tableau.num_stages - fsal
-    rsde = sde_lib.reverse(sde, score_fn, probability_flow=True)
-
-    def drift(t, y, params):
-        return rsde.sde(params, y[None], jnp.full((1,), t))[0][0]
-
-    def solve(params, y0):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(drift),
-            solver,
-            t0=t0,
-            t1=t1,
-            # An explicit first step (1/100 of the interval) keeps both directions alike.
-            dt0=(t1 - t0) / 100,
-            y0=y0,
-            args=params,
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            saveat=diffrax.SaveAt(t1=True),
-            max_steps=max_steps,
-        )
-        return sol.ys[-1], sol.stats["num_steps"] * per_step + fsal
-
-    return jax.jit(jax.vmap(solve, in_axes=(None, 0)))
+def _batched(solve, t0, t1):
+    """``fn(params, x) -> (x(t1), nfe)`` of a probability-flow ``solve`` for each sample of x."""
+    return jax.jit(jax.vmap(lambda params, x: solve(params, x, t0, t1), in_axes=(None, 0)))
 
 
 def get_encoder(
@@ -415,6 +384,7 @@ def get_encoder(
     method: str = "tsit5",
     eps: float = 1e-5,
     max_steps: int = 4096,
+    num_steps: int | None = None,
 ):
     """Latent code z = x(T) of data x = x(eps) through the probability-flow ODE (Eq. 13, §4.3).
 
@@ -425,15 +395,19 @@ def get_encoder(
       sde: the forward SDE.
       score_fn: ``score_fn(params, x, t) -> score``.
       rtol, atol: tolerances of the adaptive (PID) step-size controller.
-      method: an adaptive diffrax solver: 'tsit5', 'dopri5', 'dopri8', 'bosh3' or 'heun'.
+      method: a diffrax solver of `solvers.ODE_SOLVERS` (as for `get_ode_sampler`).
       eps: the time at which data sit (the original's likelihood start time 1e-5).
       max_steps: the most steps a solve may take.
+      num_steps: fixed number of equal steps instead of adaptive ones ('euler' needs it).
 
     Returns:
       ``encode(params, x) -> (z, nfe)``: codes [B, ...] and each sample's score evaluations [B].
     """
     eps = resolve_eps(sde, eps)
-    return _get_flow(sde, score_fn, eps, sde.T, rtol, atol, method, max_steps)
+    solve = solvers.get_probability_flow_solve(
+        sde, score_fn, method, rtol, atol, num_steps, max_steps
+    )
+    return _batched(solve, eps, sde.T)
 
 
 def get_decoder(
@@ -444,6 +418,7 @@ def get_decoder(
     method: str = "tsit5",
     eps: float = 1e-5,
     max_steps: int = 4096,
+    num_steps: int | None = None,
 ):
     """Data x(eps) of latent codes z = x(T) through the probability-flow ODE (inverse of `get_encoder`).
 
@@ -454,7 +429,10 @@ def get_decoder(
       encoding.
     """
     eps = resolve_eps(sde, eps)
-    return _get_flow(sde, score_fn, sde.T, eps, rtol, atol, method, max_steps)
+    solve = solvers.get_probability_flow_solve(
+        sde, score_fn, method, rtol, atol, num_steps, max_steps
+    )
+    return _batched(solve, sde.T, eps)
 
 
 def interpolate(z0, z1, alphas):

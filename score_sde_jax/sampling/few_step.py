@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from score_sde_jax import sde_lib
-from score_sde_jax.sampling.pc import (
+from score_sde_jax.sampling.common import (
+    check_positive_int,
     check_prior_sample,
     check_shape,
     per_sample_keys,
@@ -43,9 +44,7 @@ SCHEDULES = ("karras", "time_uniform", "time_quadratic", "log_snr")
 
 def _check_args(sde, num_steps, eps):
     """``(num_steps, eps)`` validated, ``eps=None`` resolved to the SDE's default."""
-    if int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps}.")
-    return int(num_steps), resolve_eps(sde, eps)
+    return check_positive_int("num_steps", num_steps), resolve_eps(sde, eps)
 
 
 def _check_schedule(schedule):
