@@ -77,7 +77,7 @@ from jax.sharding import PartitionSpec as P
 from score_sde_jax import distributed, likelihood, models, sde_lib, train_lib
 from score_sde_jax.data import datasets, pipeline
 from score_sde_jax.evaluation import inception, inception_weights, metrics
-from score_sde_jax.sampling import generation
+from score_sde_jax.sampling import generation, registry
 from score_sde_jax.tools import stats as stats_lib
 
 LOSS_STREAM, BPD_STREAM = 0, 1
@@ -226,7 +226,7 @@ def resolve_fid_resources(config, inception_weights_path=None, stats_path=None) 
     return FIDResources(str(weights), str(stats_path))
 
 
-def settings(config, spec: generation.SamplerSpec, fid: FIDResources | None) -> dict:
+def settings(config, spec: registry.SamplerSpec, fid: FIDResources | None) -> dict:
     """What the stored results depend on, by group: ``config`` always, ``sampling`` (sampler,
     Inception weights, statistics) when the sampling mode runs. Compared on resume."""
     config_dict = json.loads(config.to_json_best_effort())
@@ -389,7 +389,7 @@ class Evaluator:
                 rtol=float(e.get("likelihood_rtol", 1e-5)),
                 atol=float(e.get("likelihood_atol", 1e-5)),
             )
-            score_fn = generation.continuous_time_score_fn(self.config, self.sde, self.model_fn)
+            score_fn = registry.continuous_time_score_fn(self.config, self.sde, self.model_fn)
             if self.is_image:
                 fn = likelihood.get_likelihood_fn(
                     self.sde, score_fn, centered=bool(self.config.data.centered), **kwargs
@@ -555,7 +555,7 @@ def evaluate(
     workdir,
     eval_folder: str = "eval",
     *,
-    sampler: generation.SamplerSpec | None = None,
+    sampler: registry.SamplerSpec | None = None,
     inception_weights_path=None,
     stats_path=None,
     inception_batch_size: int = 250,
@@ -589,7 +589,7 @@ def evaluate(
     """
     mesh = distributed.create_mesh() if mesh is None else mesh
     e = config.eval
-    spec = sampler or generation.SamplerSpec()
+    spec = sampler or registry.SamplerSpec()
     if spec.name is None:
         spec = dataclasses.replace(spec, name=str(config.sampling.method).lower())
     ckpts = checkpoint_indices(config)
