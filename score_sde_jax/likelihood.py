@@ -1,19 +1,10 @@
 """Exact likelihoods through the probability-flow ODE (Song et al. 2021, §4.3 and App. D.2).
 
-The probability-flow ODE dx/dt = f̃(x, t) = f(x, t) - ½ g(t)² s(x, t) (Eq. 13) carries a data point
-x(eps) = x to z = x(T), and the instantaneous change-of-variables formula (Chen et al. 2018)
-gives
-
-    log p_eps(x) = log p_T(z) + ∫_eps^T ∇·f̃(x(t), t) dt.
-
-The prior p_T is replaced by the SDE's ``prior_logp`` as in the original, so the result is exact
-only as far as the prior matches the true time-T marginal (for VP/sub-VP the mismatch is
-O(e^{-∫β}); for VE it is O(Var(data)/σ_max²)).
-
-Each example is solved on its own (``vmap`` over diffrax solves, per-example adaptive steps) so a
-result never depends on its batch-mates. The divergence is either the exact Jacobian trace or the
-Hutchinson–Skilling estimate εᵀ(∂f̃/∂x)ε with one probe ε per example drawn once and held fixed
-over the whole solve (which keeps the estimate unbiased and the ODE smooth for the solver).
+The ODE carries a data point x(eps) = x to z = x(T), and log p_eps(x) = log p_T(z) + ∫_eps^T ∇·f̃
+dt with f̃ = f - ½g²s (Eq. 13); p_T is the SDE's ``prior_logp``, as in the original. Each example
+is its own solve (`score_sde_jax.sampling.solvers`), with the exact Jacobian trace or a
+Hutchinson–Skilling estimate whose probe is drawn once per example and held fixed over the solve
+(docs/original_code.md#likelihood).
 """
 
 import math

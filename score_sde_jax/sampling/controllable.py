@@ -1,30 +1,10 @@
 """Controllable generation with one unconditional score model (Song et al. 2021, §5 and App. I).
 
-* `get_pc_inpainter` / `get_pc_colorizer`: imputation (App. I.2). A predictor–corrector sampler
-  whose known part is replaced after every update by a sample of the forward marginal of the
-  observation; colorization is inpainting in a decoupled colour space whose first channel is the
-  gray level (App. I.3; docs/original_code.md#controllable-generation).
-* `get_pc_conditional_sampler`: class-conditional sampling with a noise-conditional classifier
-  (Eq. 14, App. I.1): ∇ log p_t(x | y) = ∇ log p_t(x) + ∇ log p_t(y | x).
-* `get_encoder` / `get_decoder` / `interpolate`: latent codes through the probability-flow ODE
-  (Eq. 13, §4.3) — the paper's uniquely identifiable encoding.
-
-The PC samplers reuse the registered predictors and correctors and `pc_loop` of
-`score_sde_jax.sampling.pc` (paper order: predictor, then corrector), with per-sample keys: the
-noise of sample b comes from its own key, so no sample depends on its batch-mates. They differ from
-the original's `controllable_generation.py` where it is wrong (docs/original_code.md, D7, D8, D10):
-
-* the known region starts from a sample of the forward marginal at T, not from clean data;
-* after an update the known region is re-drawn from the marginal at the time the update lands on
-  (the predictor's next time, not its start time);
-* with ``denoise`` the unknown region is the last update's noise-free mean (the original took it
-  from the already-noised sample, so denoising only touched the known region);
-* the returned known pixels / gray channel equal the input exactly;
-* colorization draws its initial sample in the decoupled space (the original masked the prior in
-  RGB before decoupling);
-* ``eps=None`` picks each SDE's own end time (the original used 1e-5 for every SDE);
-* the classifier sees the time t, so guidance works with every SDE (the original passed the
-  marginal std, a VE noise level, whatever the SDE was).
+Imputation (`get_pc_inpainter`, `get_pc_colorizer`, App. I.2-I.3) and class-conditional sampling
+(`get_pc_conditional_sampler`, Eq. 14, App. I.1) run `pc.pc_loop` with the registered predictors
+and correctors and per-sample keys; latent codes (`get_encoder`, `get_decoder`, `interpolate`)
+solve the probability-flow ODE (Eq. 13, §4.3). Where the samplers differ from the original:
+docs/original_code.md, D7, D8 and D10.
 """
 
 import math
@@ -290,6 +270,30 @@ def get_guided_score_fn(score_fn, classifier_fn, guidance_scale: float = 1.0):
     return guided
 
 
+def _check_labels(classifier_fn, classifier_params, labels, shape):
+    """``labels``, after checking that they are one class index of ``classifier_fn`` per sample."""
+    if labels.shape != (shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(
+            f"labels must be {shape[0]} integer class indices (one per sample), got "
+            f"{labels.dtype} of shape {tuple(labels.shape)}."
+        )
+    logits = jax.eval_shape(
+        classifier_fn,
+        classifier_params,
+        jax.ShapeDtypeStruct(shape, jnp.float32),
+        jax.ShapeDtypeStruct((shape[0],), jnp.float32),
+    )
+    if len(logits.shape) != 2 or logits.shape[0] != shape[0]:
+        raise ValueError(
+            f"classifier_fn must return logits [{shape[0]}, classes], got {logits.shape}."
+        )
+    if not isinstance(labels, jax.core.Tracer):
+        num_classes = logits.shape[1]
+        if not bool(jnp.all((labels >= 0) & (labels < num_classes))):
+            raise ValueError(f"labels must lie in [0, {num_classes}) (the classifier's classes).")
+    return labels
+
+
 def get_pc_conditional_sampler(
     sde: sde_lib.SDE,
     score_fn,
@@ -339,28 +343,7 @@ def get_pc_conditional_sampler(
         )
 
     def sample(rng, params, classifier_params, labels):
-        labels = jnp.asarray(labels)
-        if labels.shape != (shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise ValueError(
-                f"labels must be {shape[0]} integer class indices (one per sample), got "
-                f"{labels.dtype} of shape {tuple(labels.shape)}."
-            )
-        logits = jax.eval_shape(
-            classifier_fn,
-            classifier_params,
-            jax.ShapeDtypeStruct(shape, jnp.float32),
-            jax.ShapeDtypeStruct((shape[0],), jnp.float32),
-        )
-        if len(logits.shape) != 2 or logits.shape[0] != shape[0]:
-            raise ValueError(
-                f"classifier_fn must return logits [{shape[0]}, classes], got {logits.shape}."
-            )
-        if not isinstance(labels, jax.core.Tracer):
-            num_classes = logits.shape[1]
-            if not bool(jnp.all((labels >= 0) & (labels < num_classes))):
-                raise ValueError(
-                    f"labels must lie in [0, {num_classes}) (the classifier's classes)."
-                )
+        labels = _check_labels(classifier_fn, classifier_params, jnp.asarray(labels), shape)
         return run(rng, params, classifier_params, labels)
 
     return sample

@@ -7,6 +7,8 @@ solve handles one sample (callers ``vmap``), so step sizes and counts are per sa
 docs/sampling.md#diffrax-solvers.
 """
 
+import functools
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -91,6 +93,32 @@ def _reverse_drift(sde, score_fn, sample_shape, probability_flow):
     return drift
 
 
+def _solve_ode(vector_field, y0, args, t0, t1, *, solver, rtol, atol, num_steps, max_steps):
+    """``(y(t1), nfe)`` of one ODE solve: adaptive (PID) steps, or ``num_steps`` equal ones."""
+    if num_steps is None:
+        # An explicit first step (1/100 of the interval) rather than diffrax's guess, whose cost
+        # in evaluations depends on the direction of integration.
+        controller = _CountFirstStepAttempts(diffrax.PIDController(rtol=rtol, atol=atol))
+        dt0 = (t1 - t0) / 100
+    else:
+        controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / num_steps
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field),
+        solver,
+        t0=t0,
+        t1=t1,
+        dt0=dt0,
+        y0=y0,
+        args=args,
+        stepsize_controller=controller,
+        saveat=diffrax.SaveAt(t1=True, controller_state=num_steps is None),
+        max_steps=max_steps,
+    )
+    attempts = sol.controller_state[2] if num_steps is None else 1
+    nfe = score_evaluations(solver, sol.stats["num_steps"], attempts)
+    return jax.tree.map(lambda y: y[-1], sol.ys), nfe
+
+
 def get_probability_flow_solve(
     sde: sde_lib.SDE,
     score_fn,
@@ -121,43 +149,27 @@ def get_probability_flow_solve(
       score evaluations (`score_evaluations`; one divergence evaluation counts as one).
     """
     solver_cls, adaptive = _lookup(ODE_SOLVERS, method, "ODE")
-    solver = solver_cls()
     if num_steps is None and not adaptive:
         raise ValueError(f"Method {method!r} has no error estimate; pass num_steps.")
     num_steps = None if num_steps is None else check_positive_int("num_steps", num_steps)
+    solve_ode = functools.partial(
+        _solve_ode,
+        solver=solver_cls(),
+        rtol=rtol,
+        atol=atol,
+        num_steps=num_steps,
+        max_steps=max_steps,
+    )
     drift = _reverse_drift(sde, score_fn, sample_shape, probability_flow=True)
-    if divergence is None:
-        vector_field = lambda t, y, args: drift(t, y, args[0])
-    else:
 
-        def vector_field(t, state, args):
-            params, probe = args
-            return divergence(lambda x: drift(t, x, params), state[0], probe)
+    def with_divergence(t, state, args):
+        params, probe = args
+        return divergence(lambda x: drift(t, x, params), state[0], probe)
 
     def solve(params, x, t0, t1, probe=None):
-        y0 = x if divergence is None else (x, jnp.zeros((), x.dtype))
-        if num_steps is None:
-            # An explicit first step (1/100 of the interval) rather than diffrax's guess, whose
-            # cost in evaluations depends on the direction of integration.
-            controller = _CountFirstStepAttempts(diffrax.PIDController(rtol=rtol, atol=atol))
-            dt0 = (t1 - t0) / 100
-        else:
-            controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / num_steps
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(vector_field),
-            solver,
-            t0=t0,
-            t1=t1,
-            dt0=dt0,
-            y0=y0,
-            args=(params, probe),
-            stepsize_controller=controller,
-            saveat=diffrax.SaveAt(t1=True, controller_state=num_steps is None),
-            max_steps=max_steps,
-        )
-        attempts = sol.controller_state[2] if num_steps is None else 1
-        nfe = score_evaluations(solver, sol.stats["num_steps"], attempts)
-        return jax.tree.map(lambda y: y[-1], sol.ys), nfe
+        if divergence is None:
+            return solve_ode(drift, x, params, t0, t1)
+        return solve_ode(with_divergence, (x, jnp.zeros((), x.dtype)), (params, probe), t0, t1)
 
     return solve
 
