@@ -133,7 +133,7 @@ def _resolve(config, spec: SamplerSpec | None):
     spec = spec or SamplerSpec()
     name = str(spec.name or config.sampling.method).lower()
     if name not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {spec.name!r}; valid names: {list(SAMPLERS)}.")
+        raise ValueError(f"Unknown sampler {name!r}; valid names: {list(SAMPLERS)}.")
     entry = SAMPLERS[name]
     if entry.needs_num_steps and spec.num_steps is None:
         raise ValueError(f"--sampler={name} needs --num_steps (e.g. 18 for heun, 20 for dpm).")
