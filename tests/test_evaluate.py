@@ -28,7 +28,7 @@ from score_sde_jax.evaluation import (
     inception_weights,
     metrics,
 )
-from score_sde_jax.sampling import generation
+from score_sde_jax.sampling import generation, registry
 
 
 def tiny_config():
@@ -262,7 +262,7 @@ def test_fid_pipeline_runs_and_resumes_after_preemption(config, workdir, fid_res
     with np.load(folder / "samples_1.npz") as z:
         stored = z["images"]
     params = generation.load_checkpoint_params(config, workdir=workdir, checkpoint=1).params
-    generator = generation.Generator(config, generation.SamplerSpec(name="pc"), 4)
+    generator = generation.Generator(config, registry.SamplerSpec(name="pc"), 4)
     images, _ = generation.generate(generator, params, seed=5, num_samples=2, start=4)
     np.testing.assert_array_equal(stored, images)
 

@@ -17,7 +17,7 @@ from conftest import FIXTURES, REPO_ROOT
 
 from score_sde_jax import distributed, train_lib
 from score_sde_jax.configs import digits
-from score_sde_jax.sampling import generation
+from score_sde_jax.sampling import generation, registry
 
 OFFICIAL = FIXTURES / "official_models"
 
@@ -78,7 +78,7 @@ def test_same_seed_gives_same_images_on_4_and_1_devices(workdir, tmp_path):
 def test_model_space_samples_do_not_depend_on_device_count(workdir, name):
     # The barely trained network's samples mostly saturate as uint8: compare the floats too.
     config = generation.load_run_config(workdir)
-    spec = generation.SamplerSpec(name=name)
+    spec = registry.SamplerSpec(name=name)
     outputs = []
     for devices, batch_size in ((jax.devices(), 8), (jax.devices()[:1], 4)):
         mesh = distributed.create_mesh(devices)
@@ -99,14 +99,14 @@ def test_checkpoint_and_sampler_errors(workdir):
     with pytest.raises(ValueError, match="pass --config"):
         generation.resolve_config(None, workdir, OFFICIAL / "ncsnpp_ve_small_ckpt" / "checkpoint_1")
     with pytest.raises(ValueError, match="valid names"):
-        generation.get_sampler(config, generation.SamplerSpec(name="ddim"), 4)
+        generation.get_sample_fn(config, registry.SamplerSpec(name="ddim"), 4)
     with pytest.raises(ValueError, match="needs --num_steps"):
-        generation.get_sampler(config, generation.SamplerSpec(name="heun"), 4)
+        generation.get_sample_fn(config, registry.SamplerSpec(name="heun"), 4)
     with pytest.raises(ValueError, match="multiple of the number of devices"):
-        generation.Generator(config, generation.SamplerSpec(name="pc"), 6)
+        generation.Generator(config, registry.SamplerSpec(name="pc"), 6)
     config.training.sde = "vesde"
     with pytest.raises(ValueError, match="VP or sub-VP"):
-        generation.get_sampler(config, generation.SamplerSpec(name="dpm2", num_steps=2), 4)
+        generation.get_sample_fn(config, registry.SamplerSpec(name="dpm2", num_steps=2), 4)
 
 
 def test_cli_samples_the_released_original_checkpoint(tmp_path):

@@ -18,7 +18,7 @@ from score_sde_jax import distributed, likelihood, models, sde_lib
 from score_sde_jax.data import datasets
 from score_sde_jax.evaluation import data_passes, protocol
 from score_sde_jax.evaluation.progress import Progress, save_npz
-from score_sde_jax.sampling import generation
+from score_sde_jax.sampling import registry
 
 
 class BitsPerDim:
@@ -47,7 +47,7 @@ class BitsPerDim:
             )
             sde = sde_lib.get_sde(self.config)
             model_fn = models.get_model_fn(models.get_model(self.config))
-            score_fn = generation.continuous_time_score_fn(self.config, sde, model_fn)
+            score_fn = registry.continuous_time_score_fn(self.config, sde, model_fn)
             if self.is_image:
                 centered = bool(self.config.data.centered)
                 fn = likelihood.get_likelihood_fn(sde, score_fn, centered=centered, **kwargs)

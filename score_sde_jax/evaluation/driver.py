@@ -38,7 +38,7 @@ def evaluate(
       config: the run's config (original keys plus the ``eval`` keys of docs/evaluation.md).
       workdir: the training work directory (``<workdir>/checkpoints``).
       eval_folder: results go to ``<workdir>/<eval_folder>``.
-      sampler: the `generation.SamplerSpec` of the sampling mode (default:
+      sampler: the `registry.SamplerSpec` of the sampling mode (default:
         ``config.sampling.method``).
       inception_weights_path: FID Inception weights (default ``eval.inception_weights``, then
         ``$SCORE_SDE_INCEPTION_WEIGHTS``, then ``~/.cache/score_sde_jax/...``).

@@ -18,7 +18,7 @@ from score_sde_jax import distributed
 from score_sde_jax.data import datasets
 from score_sde_jax.evaluation import dataset_stats, inception, inception_weights, metrics, protocol
 from score_sde_jax.evaluation.progress import Progress, save_npz
-from score_sde_jax.sampling import generation
+from score_sde_jax.sampling import generation, registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +58,9 @@ def resolve_fid_resources(config, inception_weights_path=None, stats_path=None) 
     return FIDResources(str(weights), str(stats_path))
 
 
-def sampler_spec(config, sampler: generation.SamplerSpec | None) -> generation.SamplerSpec:
+def sampler_spec(config, sampler: registry.SamplerSpec | None) -> registry.SamplerSpec:
     """``sampler`` (the ``sample`` command's choices), named ``config.sampling.method`` if unnamed."""
-    spec = sampler or generation.SamplerSpec()
+    spec = sampler or registry.SamplerSpec()
     if spec.name is None:
         spec = dataclasses.replace(spec, name=str(config.sampling.method).lower())
     return spec

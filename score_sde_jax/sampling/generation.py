@@ -1,29 +1,10 @@
-"""Sampling from trained models: checkpoint loading, sampler selection, sharded generation.
+"""The sampling driver: samples of a trained model, sharded over every device, to files.
 
-The library behind ``python -m score_sde_jax.sample`` and the sampling mode of
-``python -m score_sde_jax.evaluate`` (docs/original_code.md#samplers):
-
-* `load_checkpoint_params`: the EMA parameters of a checkpoint written by ``train`` (orbax, by
-  step), or of a released original checkpoint (flax 0.3.1 msgpack ``checkpoint_<k>``) or
-  PyTorch-port ``.pth`` file, told apart by their content;
-* `load_run_config`: the config a ``train`` run saved with its checkpoints;
-* `get_sampler`: the samplers of `score_sde_jax.sampling` and `score_sde_jax.sampling.few_step` by
-  name ('pc', 'ode', 'sde', 'heun', 'dpm2', 'dpm3'), as ``fn(keys, params) -> (x, nfe)``;
-* `Generator` / `generate`: samples sharded over every device of every process along a 1-D
-  ``('data',)`` mesh, with a progress log (NFE per sample);
-* `sample_to_file`: all of the above, writing ``.npz`` + ``.png`` (the ``sample`` command).
-
-Randomness. Sample ``i`` (its global index over the whole run, not its position in a batch or
-on a device) uses the key ``fold_in(PRNGKey(seed), i)``; its prior draw x(T) comes from
-``fold_in(key, 0)`` and the sampler's noise from ``fold_in(key, 1)``. The samplers keep the noise
-of each sample on its own key, so every sample depends on ``(seed, i)`` only: not on the batch
-size, the device count or the process count (``--reproduce_original`` PC sampling is the
-exception: the original's Langevin step size is shared by the batch). All samplers of one seed
-start from the same x(T), so e.g. PC and ODE samples can be compared one to one.
-
-Images are returned as uint8 NHWC: ``round(clip(inverse_scaler(x), 0, 1) * 255)``. The original
-truncates (``clip(x * 255).astype(uint8)``), which biases every pixel by half a level; rounding
-maps the data grid k/255 back to k exactly, as the dataset statistics do.
+The library behind ``python -m score_sde_jax.sample`` and the sampling mode of ``evaluate``:
+checkpoint loading (`load_checkpoint_params`, `load_run_config`), `Generator` / `generate`
+(samples by global index along a 1-D ``('data',)`` mesh, with a progress log) and
+`sample_to_file`. Sample i depends only on (seed, i) (`get_sample_fn`); images are rounded to
+uint8 (`to_uint8`). See docs/sampling.md#the-sampling-driver.
 """
 
 import dataclasses
@@ -44,11 +25,11 @@ from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import checkpoints, distributed, models, sampling, score_fns, sde_lib
+from score_sde_jax import checkpoints, distributed, models
 from score_sde_jax.data import datasets, image_io, pipeline
-from score_sde_jax.sampling import few_step, pc
+from score_sde_jax.sampling import registry
+from score_sde_jax.sampling.common import prior_sample
 
-SAMPLERS = ("pc", "ode", "sde", "heun", "dpm2", "dpm3")
 CHECKPOINT_DIR = "checkpoints"
 # Key streams folded into each sample's key.
 _PRIOR_STREAM, _SAMPLER_STREAM = 0, 1
@@ -269,152 +250,26 @@ def load_checkpoint_params(config, *, workdir=None, checkpoint=None, mesh=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Samplers.
+# Sharded generation.
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplerSpec:
-    """Which sampler to run and its options (the sampling flags of ``sample`` / ``evaluate``).
+def get_sample_fn(config, spec: registry.SamplerSpec, batch_size: int):
+    """``fn(keys, params) -> (x, nfe)``: the `registry` sampler of ``spec`` for per-sample keys.
 
-    Attributes:
-      name: one of `SAMPLERS`; None: ``config.sampling.method``.
-      num_steps: 'pc': number of noise levels N (default ``model.num_scales``; continuous-time
-        models only); 'ode': fixed steps instead of adaptive ones; 'sde': solver steps (default
-        N); 'heun' / 'dpm2' / 'dpm3': required.
-      solver: 'ode': diffrax method (default 'tsit5'); 'sde': 'euler' (default) or 'heun'.
-      rtol, atol: tolerances of the adaptive ODE solver.
-      reproduce_original: 'pc' only: the original's batch-shared Langevin step, corrector-first
-        order and Euler–Maruyama dt = 1/N (samples then depend on their batch-mates).
+    Sample i's key is ``fold_in(PRNGKey(seed), i)`` (`Generator`); its prior draw x(T) comes
+    from ``fold_in(key, 0)`` and the sampler's noise from ``fold_in(key, 1)``, so all samplers of
+    one seed start from the same x(T). ``x`` is in model space [B, ...] and ``nfe`` [B] the score
+    evaluations each sample took.
     """
-
-    name: str | None = None
-    num_steps: int | None = None
-    solver: str | None = None
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    reproduce_original: bool = False
-
-    def describe(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-
-def _sampling_config(config, spec: SamplerSpec):
-    """``config`` with ``model.num_scales`` = the PC sampler's requested number of levels."""
-    if spec.name != "pc" or spec.num_steps is None:
-        return config
-    if not config.training.continuous:
-        raise ValueError(
-            "--num_steps changes the PC sampler's noise levels, which a discrete-time model "
-            f"(training.continuous=False) was trained on; keep N = {config.model.num_scales} or "
-            "use --sampler=ode/sde/heun/dpm2/dpm3."
-        )
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.model.num_scales = int(spec.num_steps)
-    return config
-
-
-def continuous_time_score_fn(config, sde, model_fn):
-    """The score function for solvers that evaluate it at arbitrary times (ODE, SDE, likelihood).
-
-    The original hard-codes ``continuous=True`` there (docs/original_code.md, D9), which crashes
-    discrete VE models (they take integer noise indices); those get their discrete labels (rounded
-    times) instead. Discrete VP models keep the original's approximation (999·t labels, continuous
-    std).
-    """
-    continuous = config.training.continuous or not isinstance(sde, sde_lib.VESDE)
-    return score_fns.get_score_fn(sde, model_fn, continuous=continuous)
-
-
-def get_sampler(config, spec: SamplerSpec, batch_size: int):
-    """Builds ``fn(keys, params) -> (x, nfe)`` for batches of ``batch_size`` samples.
-
-    ``keys`` are the per-sample keys [B] (see the module docstring); ``x`` is in model space
-    [B, ...] and ``nfe`` [B] the score evaluations each sample took. The PC sampler uses the
-    network's own time conditioning (``training.continuous``); the others evaluate the score at
-    arbitrary times and use `continuous_time_score_fn`. The PC sampler reads
-    ``config.sampling`` (predictor, corrector, snr, n_steps_each, noise_removal,
-    probability_flow; see docs/configs.md); the others (ODE and SDE solvers, and the few-step
-    'heun', 'dpm2', 'dpm3' beyond the paper) finish with a denoising step (Tweedie's formula,
-    docs/original_code.md#samplers) when ``sampling.noise_removal``. The end time is
-    `sde_lib.get_sampling_eps`.
-
-    Raises:
-      ValueError: unknown sampler (valid names listed), missing ``num_steps``, DPM-Solver on a
-        VE SDE, ...
-    """
-    name = str(spec.name or config.sampling.method).lower()
-    if name not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {spec.name!r}; valid names: {list(SAMPLERS)}.")
-    if name in ("heun", "dpm2", "dpm3") and spec.num_steps is None:
-        raise ValueError(f"--sampler={name} needs --num_steps (e.g. 18 for heun, 20 for dpm).")
-    if spec.reproduce_original and name != "pc":
-        raise ValueError("--reproduce_original applies to --sampler=pc only.")
-    config = _sampling_config(config, dataclasses.replace(spec, name=name))
-    sde = sde_lib.get_sde(config)
-    eps = sde_lib.get_sampling_eps(config)
-    model_fn = models.get_model_fn(models.get_model(config))
-    if name == "pc":
-        score_fn = score_fns.get_score_fn(sde, model_fn, continuous=config.training.continuous)
-    else:
-        score_fn = continuous_time_score_fn(config, sde, model_fn)
     shape = (batch_size, *pipeline.image_shape(config))
-    s = config.sampling
-    solver_kwargs = {} if spec.solver is None else {"method": spec.solver}
-    if name == "pc":
-        sampler = sampling.get_pc_sampler(
-            sde,
-            score_fn,
-            shape,
-            predictor=s.predictor.lower(),
-            corrector=s.corrector.lower(),
-            snr=s.snr,
-            n_steps=s.n_steps_each,
-            probability_flow=s.probability_flow,
-            denoise=s.noise_removal,
-            eps=eps,
-            reproduce_original=spec.reproduce_original,
-        )
-    elif name == "ode":
-        sampler = sampling.get_ode_sampler(
-            sde,
-            score_fn,
-            shape,
-            rtol=spec.rtol,
-            atol=spec.atol,
-            eps=eps,
-            denoise=s.noise_removal,
-            num_steps=spec.num_steps,
-            **solver_kwargs,
-        )
-    elif name == "sde":
-        sampler = sampling.get_sde_sampler(
-            sde,
-            score_fn,
-            shape,
-            num_steps=spec.num_steps,
-            eps=eps,
-            denoise=s.noise_removal,
-            **solver_kwargs,
-        )
-    elif name == "heun":
-        sampler = few_step.get_heun_sampler(
-            sde, score_fn, shape, spec.num_steps, eps=eps, denoise=s.noise_removal
-        )
-    else:
-        sampler = few_step.get_dpm_solver_sampler(
-            sde,
-            score_fn,
-            shape,
-            spec.num_steps,
-            order=int(name[-1]),
-            eps=eps,
-            denoise=s.noise_removal,
-        )
+    model_fn = models.get_model_fn(models.get_model(config))
+    sampler = registry.get_sampler(config, model_fn, shape, spec)
+    sde = registry.get_sde(config, spec)
 
     def sample_fn(keys, params):
         prior_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, _PRIOR_STREAM)
-        z = pc.prior_sample(sde, prior_keys, shape)
+        z = prior_sample(sde, prior_keys, shape)
         sampler_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, _SAMPLER_STREAM)
         # Deterministic samplers only read z; the others draw their noise from per-sample keys.
         x, nfe = sampler(sampler_keys, params, z=z)
@@ -444,7 +299,7 @@ class Generator:
     and int32 NFE per sample, identical on every process.
     """
 
-    def __init__(self, config, spec: SamplerSpec, batch_size: int, mesh=None, raw=False):
+    def __init__(self, config, spec: registry.SamplerSpec, batch_size: int, mesh=None, raw=False):
         self.mesh = distributed.create_mesh() if mesh is None else mesh
         num_devices = self.mesh.devices.size
         if batch_size <= 0 or batch_size % num_devices:
@@ -456,7 +311,7 @@ class Generator:
         self.is_image = datasets.canonical_name(config.data.dataset) != "TOY2D"
         self._split = NamedSharding(self.mesh, P("data"))
         replicated = NamedSharding(self.mesh, P())
-        sample_fn = get_sampler(config, spec, batch_size)
+        sample_fn = get_sample_fn(config, spec, batch_size)
         inverse_scaler = pipeline.get_data_inverse_scaler(config)
         to_output = (lambda x: to_uint8(inverse_scaler(x))) if self.is_image and not raw else None
 
@@ -579,7 +434,7 @@ def sample_to_file(
     *,
     workdir=None,
     checkpoint=None,
-    spec: SamplerSpec | None = None,
+    spec: registry.SamplerSpec | None = None,
     num_samples: int = 64,
     batch_size: int | None = None,
     seed: int = 0,
@@ -611,7 +466,7 @@ def sample_to_file(
         raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
     config = resolve_config(config, workdir, checkpoint)
     mesh = distributed.create_mesh() if mesh is None else mesh
-    spec = spec or SamplerSpec()
+    spec = spec or registry.SamplerSpec()
     if spec.name is None:
         spec = dataclasses.replace(spec, name=str(config.sampling.method).lower())
     batch_size = batch_size or default_batch_size(config, num_samples, mesh.devices.size)
