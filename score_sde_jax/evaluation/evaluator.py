@@ -74,7 +74,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import distributed, likelihood, models, sde_lib, train_lib
+from score_sde_jax import checkpoints, distributed, likelihood, models, sde_lib, train_lib
 from score_sde_jax.data import datasets, pipeline
 from score_sde_jax.evaluation import inception, inception_weights, metrics
 from score_sde_jax.sampling import generation
@@ -171,20 +171,19 @@ def find_checkpoint(config, workdir, ckpt: int, timeout: float = 0.0, poll: floa
       FileNotFoundError: neither exists after ``timeout`` seconds.
     """
     step = checkpoint_step(config, ckpt)
-    original = os.path.join(generation.checkpoint_dir(workdir), f"checkpoint_{ckpt}")
+    run = checkpoints.RunFolder(workdir)
     deadline = time.time() + timeout
     while True:
-        if step in generation.available_steps(workdir):
-            return step
-        if os.path.isfile(original):
-            return original
+        found = run.find(step, ckpt)
+        if found is not None:
+            return found
         if time.time() >= deadline:
             raise FileNotFoundError(
                 f"Checkpoint {ckpt} not found: no step {step} (= {ckpt} x training.snapshot_freq "
-                f"{config.training.snapshot_freq}) among the steps "
-                f"{generation.available_steps(workdir)} in {generation.checkpoint_dir(workdir)}, "
-                f"and no original file {original}. Check eval.begin_ckpt / eval.end_ckpt, or pass "
-                "--checkpoint_timeout to wait for a running training job."
+                f"{config.training.snapshot_freq}) among the steps {run.steps()} in "
+                f"{run.checkpoint_dir}, and no original file {run.original_file(ckpt)}. Check "
+                "eval.begin_ckpt / eval.end_ckpt, or pass --checkpoint_timeout to wait for a "
+                "running training job."
             )
         logging.info("Waiting for checkpoint %d (step %d) in %s ...", ckpt, step, workdir)
         time.sleep(max(0.0, min(poll, deadline - time.time())))
@@ -621,14 +620,14 @@ def evaluate(
         units += [f"ckpt_{k}/seed_{s}/metrics" for s in seeds]
         params = None
         if any(u not in progress for u in units):
-            loaded = generation.load_checkpoint_params(
+            loaded = checkpoints.load_checkpoint_params(
                 config, workdir=workdir, checkpoint=location, mesh=mesh
             )
             params = loaded.params
             logging.info("Checkpoint %d: %s (%s).", k, loaded.path, loaded.source)
         path = location
         if isinstance(location, int):
-            path = os.path.join(generation.checkpoint_dir(workdir), str(location))
+            path = checkpoints.RunFolder(workdir).step_dir(location)
         result = {"step": step, "checkpoint": str(path)}
 
         if do_loss:
