@@ -1,4 +1,5 @@
-"""Which format a checkpoint file is in, told from its first bytes (docs/checkpoints.md#file-formats).
+"""Which format a checkpoint file is in, told from its first bytes
+(docs/checkpoints.md#file-formats).
 
 `detect_format` is 'pytorch' for a ``torch.save`` file of the PyTorch port (a zip archive or a
 bare pickle) and 'original' otherwise: the original code's msgpack ``checkpoint_<k>``, whose

@@ -67,7 +67,8 @@ def _flax_leaf(torch_leaf, flax_leaves):
 
 
 def _to_flax_layout(value, flax_leaf):
-    # Conv weights OIHW -> HWIO (both sides cross-correlate, so no flip); Linear (out, in) -> (in, out).
+    # Conv weights OIHW -> HWIO (both sides cross-correlate, so no flip);
+    # Linear (out, in) -> (in, out).
     if flax_leaf in ("kernel", "weight") and value.ndim == 4:
         return value.transpose(2, 3, 1, 0)
     if flax_leaf == "kernel" and value.ndim == 2:

@@ -4,7 +4,7 @@
 `score_sde_jax.checkpoints.manager`), the config saved with a step, and the original code's
 ``checkpoint_<k>`` files placed in the same folder. `load_checkpoint_params` resolves
 ``--checkpoint`` (a step of the run, or a foreign file loaded by `load_file`) to EMA parameters.
-Layout and formats: docs/checkpoints.md.
+Layout and formats: docs/checkpoints.md#run-folders.
 """
 
 import dataclasses

@@ -1,6 +1,7 @@
 """Score networks and the glue that turns a config into a network and a network into a score.
 
 `get_model(config)` builds the Flax module named by ``config.model.name``;
+`abstract_params(model, example_shape)` traces its parameter shapes without computing them;
 `get_score_fn(sde, model, continuous)` adapts its raw output to a score function
 ``score_fn(params, x, t, rng=None)`` (see `score_sde_jax.score_fns`).
 """
@@ -8,6 +9,7 @@
 import functools
 import importlib
 import types
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +70,7 @@ def _check_knobs(model_config, name):
 
 
 @functools.lru_cache(maxsize=16)
-def abstract_params(model, example_shape: tuple[int, ...]) -> dict:
+def abstract_params(model, example_shape: tuple[int, ...]) -> Mapping:
     """Shapes and dtypes of ``model``'s parameters for inputs of ``example_shape``, uncomputed.
 
     Returns a read-only ``{path tuple: ShapeDtypeStruct}`` in the order flax created the
