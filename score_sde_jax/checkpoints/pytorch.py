@@ -143,27 +143,34 @@ def _map_port_state_dict(state_dict, shadow, expected, path):
         flat[flax_path] = _to_flax_layout(state_dict[name], flax_path[-1])
 
     if shadow is not None:
-        # The port's EMA keeps only requires_grad parameters, in model.parameters() order (= the
-        # state_dict order without buffers); the Gaussian-Fourier W is the one frozen parameter.
-        trainable = [
-            name
-            for i, parts, name in entries
-            if not (top_of[i].startswith("GaussianFourierProjection_") and parts[-1] == "W")
-        ]
-        if len(shadow) != len(trainable):
-            raise CheckpointMismatchError(
-                f"PyTorch checkpoint {path}: ema.shadow_params has {len(shadow)} tensors but its "
-                f"state_dict has {len(trainable)} trainable parameters; the file is inconsistent."
-            )
-        for k, (name, value) in enumerate(zip(trainable, shadow, strict=True)):
-            value = np.asarray(value)
-            if value.shape != state_dict[name].shape:
-                raise CheckpointMismatchError(
-                    f"PyTorch checkpoint {path}: ema.shadow_params[{k}] has shape {value.shape} "
-                    f"but the matching parameter {name} has {state_dict[name].shape}."
-                )
-            flat[flax_path_of[name]] = _to_flax_layout(value, flax_path_of[name][-1])
+        _overlay_ema(flat, shadow, entries, top_of, state_dict, flax_path_of, path)
     return flat, unexpected
+
+
+def _overlay_ema(flat, shadow, entries, top_of, state_dict, flax_path_of, path):
+    """Replaces the raw weights in ``flat`` by their EMA copies ``shadow`` (in place).
+
+    The port's EMA keeps only requires_grad parameters, in model.parameters() order (= the
+    state_dict order without buffers); the Gaussian-Fourier W is the one frozen parameter.
+    """
+    trainable = [
+        name
+        for i, parts, name in entries
+        if not (top_of[i].startswith("GaussianFourierProjection_") and parts[-1] == "W")
+    ]
+    if len(shadow) != len(trainable):
+        raise CheckpointMismatchError(
+            f"PyTorch checkpoint {path}: ema.shadow_params has {len(shadow)} tensors but its "
+            f"state_dict has {len(trainable)} trainable parameters; the file is inconsistent."
+        )
+    for k, (name, value) in enumerate(zip(trainable, shadow, strict=True)):
+        value = np.asarray(value)
+        if value.shape != state_dict[name].shape:
+            raise CheckpointMismatchError(
+                f"PyTorch checkpoint {path}: ema.shadow_params[{k}] has shape {value.shape} "
+                f"but the matching parameter {name} has {state_dict[name].shape}."
+            )
+        flat[flax_path_of[name]] = _to_flax_layout(value, flax_path_of[name][-1])
 
 
 def load_pytorch(path, config, use_ema=True):
