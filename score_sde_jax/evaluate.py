@@ -25,9 +25,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import distributed
+from score_sde_jax import checkpoints, distributed
 from score_sde_jax.evaluation import driver
-from score_sde_jax.sampling import generation, registry
+from score_sde_jax.sampling import registry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run folder (reads <workdir>/checkpoints).")
@@ -89,7 +89,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     distributed.initialize_from_flags()
     try:
-        config = apply_overrides(generation.resolve_config(FLAGS.config, FLAGS.workdir))
+        config = apply_overrides(checkpoints.resolve_config(FLAGS.config, FLAGS.workdir))
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
     spec = registry.spec_from_flags()

@@ -18,7 +18,7 @@ import pytest
 from conftest import FIXTURES, REPO_ROOT
 from test_inception import _regenerate_state_dict
 
-from score_sde_jax import likelihood, losses, models, score_fns, sde_lib, train_lib
+from score_sde_jax import checkpoints, likelihood, losses, models, score_fns, sde_lib, train_lib
 from score_sde_jax.configs import digits
 from score_sde_jax.data import pipeline
 from score_sde_jax.evaluation import (
@@ -58,7 +58,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def config(workdir):
-    config = generation.load_run_config(workdir)
+    config = checkpoints.RunFolder(workdir).saved_config()
     config.eval.bpd_num_repeats = 2
     config.eval.hutchinson_type = "gaussian"
     return config
@@ -71,7 +71,7 @@ def report(config, workdir):
 
 @pytest.fixture(scope="module")
 def network(config, workdir):
-    params = generation.load_checkpoint_params(config, workdir=workdir, checkpoint=2).params
+    params = checkpoints.load_checkpoint_params(config, workdir=workdir, checkpoint=2).params
     sde = sde_lib.get_sde(config)
     return params, sde, models.get_model_fn(models.get_model(config))
 
@@ -261,7 +261,7 @@ def test_fid_pipeline_runs_and_resumes_after_preemption(config, workdir, fid_res
     # The stored samples are `sample --seed=5` samples: sample i = fold_in(PRNGKey(5), i).
     with np.load(folder / "samples_1.npz") as z:
         stored = z["images"]
-    params = generation.load_checkpoint_params(config, workdir=workdir, checkpoint=1).params
+    params = checkpoints.load_checkpoint_params(config, workdir=workdir, checkpoint=1).params
     generator = generation.Generator(config, registry.SamplerSpec(name="pc"), 4)
     images, _ = generation.generate(generator, params, seed=5, num_samples=2, start=4)
     np.testing.assert_array_equal(stored, images)

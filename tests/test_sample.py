@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, REPO_ROOT
 
-from score_sde_jax import distributed, train_lib
+from score_sde_jax import checkpoints, distributed, train_lib
 from score_sde_jax.configs import digits
 from score_sde_jax.sampling import generation, registry
 
@@ -77,12 +77,12 @@ def test_same_seed_gives_same_images_on_4_and_1_devices(workdir, tmp_path):
 @pytest.mark.parametrize("name", ["pc", "ode"])
 def test_model_space_samples_do_not_depend_on_device_count(workdir, name):
     # The barely trained network's samples mostly saturate as uint8: compare the floats too.
-    config = generation.load_run_config(workdir)
+    config = checkpoints.RunFolder(workdir).saved_config()
     spec = registry.SamplerSpec(name=name)
     outputs = []
     for devices, batch_size in ((jax.devices(), 8), (jax.devices()[:1], 4)):
         mesh = distributed.create_mesh(devices)
-        params = generation.load_checkpoint_params(config, workdir=workdir, mesh=mesh).params
+        params = checkpoints.load_checkpoint_params(config, workdir=workdir, mesh=mesh).params
         generator = generation.Generator(config, spec, batch_size, mesh, raw=True)
         outputs.append(generation.generate(generator, params, seed=3, num_samples=8, start=5))
     (x4, nfe4), (x1, nfe1) = outputs
@@ -93,11 +93,13 @@ def test_model_space_samples_do_not_depend_on_device_count(workdir, name):
 
 
 def test_checkpoint_and_sampler_errors(workdir):
-    config = generation.load_run_config(workdir)
+    config = checkpoints.RunFolder(workdir).saved_config()
     with pytest.raises(FileNotFoundError, match=r"available steps: \[1, 2\]"):
-        generation.load_checkpoint_params(config, workdir=workdir, checkpoint=5)
+        checkpoints.load_checkpoint_params(config, workdir=workdir, checkpoint=5)
     with pytest.raises(ValueError, match="pass --config"):
-        generation.resolve_config(None, workdir, OFFICIAL / "ncsnpp_ve_small_ckpt" / "checkpoint_1")
+        checkpoints.resolve_config(
+            None, workdir, OFFICIAL / "ncsnpp_ve_small_ckpt" / "checkpoint_1"
+        )
     with pytest.raises(ValueError, match="valid names"):
         generation.get_sample_fn(config, registry.SamplerSpec(name="ddim"), 4)
     with pytest.raises(ValueError, match="needs --num_steps"):
@@ -114,8 +116,8 @@ def test_cli_samples_the_released_original_checkpoint(tmp_path):
         config = json.loads(str(z["config_json"]))["config"]
     config_file = tmp_path / "ncsnpp_ve_small.py"
     config_file.write_text(
-        "from score_sde_jax.sampling import generation\n\n\n"
-        f"def get_config():\n    return generation.config_from_json({json.dumps(config)!r})\n"
+        "from score_sde_jax import checkpoints\n\n\n"
+        f"def get_config():\n    return checkpoints.config_from_json({json.dumps(config)!r})\n"
     )
     output = tmp_path / "samples.npz"
     command = [

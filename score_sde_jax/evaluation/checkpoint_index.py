@@ -5,12 +5,11 @@ wrote its ``checkpoint_k``; the original's files ``checkpoints/checkpoint_<k>`` 
 (docs/evaluation.md#checkpoints).
 """
 
-import os
 import time
 
 from absl import logging
 
-from score_sde_jax.sampling import generation
+from score_sde_jax import checkpoints
 
 
 def checkpoint_step(config, ckpt: int) -> int:
@@ -38,21 +37,19 @@ def find_checkpoint(config, workdir, ckpt: int, timeout: float = 0.0, poll: floa
       FileNotFoundError: neither exists after ``timeout`` seconds.
     """
     step = checkpoint_step(config, ckpt)
-    folder = generation.checkpoint_dir(workdir)
-    original = os.path.join(folder, f"checkpoint_{ckpt}")
+    run = checkpoints.RunFolder(workdir)
     deadline = time.time() + timeout
     while True:
-        steps = generation.available_steps(workdir)
-        if step in steps:
-            return step
-        if os.path.isfile(original):
-            return original
+        location = run.find(step, ckpt)
+        if location is not None:
+            return location
         if time.time() >= deadline:
             raise FileNotFoundError(
                 f"Checkpoint {ckpt} not found: no step {step} (= {ckpt} x training.snapshot_freq "
-                f"{config.training.snapshot_freq}) among the steps {steps} in {folder}, and no "
-                f"original file {original}. Check eval.begin_ckpt / eval.end_ckpt, or pass "
-                "--checkpoint_timeout to wait for a running training job."
+                f"{config.training.snapshot_freq}) among the steps {run.steps()} in "
+                f"{run.checkpoint_dir}, and no original file {run.original_file(ckpt)}. Check "
+                "eval.begin_ckpt / eval.end_ckpt, or pass --checkpoint_timeout to wait for a "
+                "running training job."
             )
         logging.info("Waiting for checkpoint %d (step %d) in %s ...", ckpt, step, workdir)
         time.sleep(max(0.0, min(poll, deadline - time.time())))
@@ -61,13 +58,13 @@ def find_checkpoint(config, workdir, ckpt: int, timeout: float = 0.0, poll: floa
 def checkpoint_path(workdir, location) -> str:
     """The path of a `find_checkpoint` result, for the report."""
     if isinstance(location, int):
-        return os.path.join(generation.checkpoint_dir(workdir), str(location))
+        return checkpoints.RunFolder(workdir).step_dir(location)
     return str(location)
 
 
 def load_params(config, workdir, ckpt: int, location, mesh):
     """The evaluated (EMA) parameters of checkpoint ``ckpt`` at ``location``, on ``mesh``."""
-    loaded = generation.load_checkpoint_params(
+    loaded = checkpoints.load_checkpoint_params(
         config, workdir=workdir, checkpoint=location, mesh=mesh
     )
     logging.info("Checkpoint %d: %s (%s).", ckpt, loaded.path, loaded.source)
