@@ -12,11 +12,10 @@ DIR`` (the data iterators start from the beginning); samplers read its EMA weigh
 import os
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import checkpoints, train_lib
+from score_sde_jax import checkpoints, training
 
 FORMATS = ("auto", "original", "pytorch")
 
@@ -74,12 +73,8 @@ def convert(config, input_path: str, workdir: str, fmt: str = "auto") -> int:
             )
             params = ema_params
         step = int(step or 0)
-        optimizer = train_lib.create_optimizer(config)
-        state = train_lib.TrainState(
-            step=jnp.asarray(step, jnp.int32),
-            params=params,
-            ema_params=ema_params,
-            opt_state=optimizer.init(params),
+        state = training.TrainState.create(
+            params, training.create_optimizer(config), ema_params=ema_params, step=step
         )
         manager.save(step, state, jax.random.PRNGKey(config.seed), config=config, wait=True)
     logging.info("Wrote checkpoint %d to %s.", step, manager.directory)

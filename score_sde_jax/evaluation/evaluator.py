@@ -74,7 +74,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import distributed, likelihood, models, sde_lib, train_lib
+from score_sde_jax import distributed, likelihood, models, sde_lib, training
 from score_sde_jax.data import datasets, pipeline
 from score_sde_jax.evaluation import inception, inception_weights, metrics
 from score_sde_jax.sampling import generation
@@ -349,7 +349,7 @@ class Evaluator:
         self.sde = sde_lib.get_sde(config)
         model = models.get_model(config)
         self.model_fn = models.get_model_fn(model)
-        loss_fn = train_lib.create_loss_fn(config, self.sde, model, train=False, per_example=True)
+        loss_fn = training.create_loss_fn(config, self.sde, model, train=False, per_example=True)
         self._loss_fn = jax.jit(
             loss_fn,
             in_shardings=(self.replicated, self.replicated, self.split),
