@@ -402,16 +402,8 @@ def train_classifier(config, workdir: str, mesh: jax.sharding.Mesh | None = None
     Writes ``checkpoints/`` (orbax; every ``training.snapshot_freq`` and
     ``snapshot_freq_for_preemption`` steps and at the end) and ``tensorboard/`` (train loss and
     accuracy every ``log_freq`` steps; held-out loss and accuracy per σ band every ``eval_freq``
-    steps and at the end); see `loop.train` for resume and SIGTERM.
-
-    Args:
-      config: a classifier config (``config.classifier``, docs/training.md#the-classifier).
-      workdir: output folder (created if needed).
-      mesh: a 1-D ``("data",)`` mesh; default `distributed.create_mesh()` over all devices.
-
-    Returns:
-      The final `TrainState` (replicated over ``mesh``); ``ema_params`` are the classifier's
-      parameters for sampling.
+    steps and at the end). Returns the final `TrainState`, whose ``ema_params`` are the
+    classifier's parameters for sampling; arguments, resume and SIGTERM as in `loop.train`.
 
     Raises:
       ValueError: bad config (see `validate_config`) or labels outside [0, num_classes).

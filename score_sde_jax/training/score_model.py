@@ -187,18 +187,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     """Trains (or resumes training of) the score model of ``config`` in ``workdir``.
 
     Writes ``checkpoints/`` (orbax), ``tensorboard/`` (clu event files) and
-    ``samples/iter_<step>/`` under ``workdir``; see `loop.train` for resume, SIGTERM and the
-    number of steps.
-
-    Args:
-      config: a ConfigDict with the original's keys (docs/configs.md).
-      workdir: output folder (created if needed).
-      mesh: a 1-D ``("data",)`` mesh; default `distributed.create_mesh()` over all devices.
-
-    Returns:
-      The final `TrainState` (replicated over ``mesh``).
-
-    Raises:
-      loop.NonFiniteLossError: the training loss became NaN/inf; no checkpoint after it is written.
+    ``samples/iter_<step>/`` under ``workdir`` and returns the final `TrainState`; arguments,
+    resume, SIGTERM, the number of steps and errors as in `loop.train`.
     """
     return loop.train(ScoreModel, config, workdir, mesh)
