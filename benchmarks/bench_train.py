@@ -1,4 +1,4 @@
-"""Training throughput of the jitted train step (`train_lib.train_steps`) on this machine.
+"""Training throughput of the jitted train step (`training.train_steps`) on this machine.
 
     python benchmarks/bench_train.py [--cases digits,cifar10_ncsnpp,cifar10_ddpmpp]
         [--dispatches 3] [--cifar_batch 8] [--dtype bfloat16] [--remat] [--grad_accum 2]
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
 from configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
-from score_sde_jax import distributed, models, sde_lib, train_lib
+from score_sde_jax import distributed, models, sde_lib, training
 from score_sde_jax.configs import digits  # noqa: E402
 from score_sde_jax.data import pipeline
 
@@ -43,24 +43,19 @@ CASES = {
 }
 
 
-def random_train_state(config, model, optimizer) -> train_lib.TrainState:
-    """A `train_lib.TrainState` with random normal parameters of the model's shapes."""
+def random_train_state(config, model, optimizer) -> training.TrainState:
+    """A `training.TrainState` with random normal parameters of the model's shapes."""
     x = jnp.zeros((1, *pipeline.image_shape(config)), jnp.float32)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, jnp.ones((1,)))["params"]
     rng = np.random.default_rng(0)
     params = jax.tree.map(
         lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), shapes
     )
-    return train_lib.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        ema_params=jax.tree.map(jnp.copy, params),
-        opt_state=jax.jit(optimizer.init)(params),
-    )
+    return training.TrainState.create(params, optimizer)
 
 
 def bench(config, dispatches: int) -> dict:
-    """Times `train_lib.train_steps` for ``config`` on synthetic data; returns a result dict."""
+    """Times `training.train_steps` for ``config`` on synthetic data; returns a result dict."""
     t = config.training
     grad_accum = t.get("grad_accum_steps", 1)
     mesh = distributed.create_mesh(jax.local_devices())
@@ -68,18 +63,18 @@ def bench(config, dispatches: int) -> dict:
     batches = NamedSharding(mesh, P(None, "data"))
     model = models.get_model(config)
     sde = sde_lib.get_sde(config)
-    optimizer = train_lib.create_optimizer(config)
-    loss_fn = train_lib.create_loss_fn(config, sde, model, train=True)
+    optimizer = training.create_optimizer(config)
+    loss_fn = training.create_loss_fn(config, sde, model, train=True)
     state = jax.device_put(random_train_state(config, model, optimizer), replicated)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     step_fn = jax.jit(
-        lambda state, batch, rng: train_lib.train_steps(
+        lambda state, batch, rng: training.train_steps(
             state,
             batch,
             rng,
-            loss_fn=loss_fn,
+            loss_fn=training.image_loss(loss_fn),
             optimizer=optimizer,
-            learning_rate_fn=train_lib.create_learning_rate_fn(config),
+            learning_rate_fn=training.create_learning_rate_fn(config),
             ema_rate=config.model.ema_rate,
             grad_accum_steps=grad_accum,
         ),

@@ -10,11 +10,10 @@ DIR`` (the data iterators start from the beginning); samplers read its EMA weigh
 """
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import checkpoints, train_lib
+from score_sde_jax import checkpoints, training
 
 FORMATS = ("auto", *checkpoints.FORMATS)
 
@@ -55,12 +54,8 @@ def convert(config, input_path: str, workdir: str, fmt: str = "auto") -> int:
         logging.warning("No raw weights in %s (%s); using the EMA weights for both.", input_path, e)
         params = ema_params
     step = int(step or 0)
-    optimizer = train_lib.create_optimizer(config)
-    state = train_lib.TrainState(
-        step=jnp.asarray(step, jnp.int32),
-        params=params,
-        ema_params=ema_params,
-        opt_state=optimizer.init(params),
+    state = training.TrainState.create(
+        params, training.create_optimizer(config), ema_params=ema_params, step=step
     )
     with run.manager(max_to_keep=None, async_save=False) as manager:
         manager.save(step, state, jax.random.PRNGKey(config.seed), config=config, wait=True)

@@ -18,7 +18,7 @@ import pytest
 from conftest import FIXTURES, REPO_ROOT
 from test_inception import _regenerate_state_dict
 
-from score_sde_jax import checkpoints, likelihood, losses, models, score_fns, sde_lib, train_lib
+from score_sde_jax import checkpoints, likelihood, losses, models, score_fns, sde_lib, training
 from score_sde_jax.configs import digits
 from score_sde_jax.data import pipeline
 from score_sde_jax.evaluation import (
@@ -52,7 +52,7 @@ def tiny_config():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    train_lib.train_and_evaluate(tiny_config(), str(workdir))
+    training.train_and_evaluate(tiny_config(), str(workdir))
     return workdir
 
 

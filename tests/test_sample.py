@@ -1,6 +1,6 @@
 """The sampling tool (issue 6, item 1): `sampling.generation` and ``python -m score_sde_jax.sample``.
 
-A tiny MLP on 8x8 digits is trained for two steps by `train_lib.train_and_evaluate`; its
+A tiny MLP on 8x8 digits is trained for two steps by `training.train_and_evaluate`; its
 checkpoint is sampled on 4 and on 1 simulated devices. The CLI runs on the released-format
 checkpoint of tests/fixtures/official_models.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, REPO_ROOT
 
-from score_sde_jax import checkpoints, distributed, train_lib
+from score_sde_jax import checkpoints, distributed, training
 from score_sde_jax.configs import digits
 from score_sde_jax.sampling import generation, registry
 
@@ -39,7 +39,7 @@ def tiny_config():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    train_lib.train_and_evaluate(tiny_config(), str(workdir))
+    training.train_and_evaluate(tiny_config(), str(workdir))
     return workdir
 
 

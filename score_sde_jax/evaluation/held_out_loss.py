@@ -13,7 +13,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import distributed, models, sde_lib, train_lib
+from score_sde_jax import distributed, models, sde_lib, training
 from score_sde_jax.evaluation import data_passes, protocol
 from score_sde_jax.evaluation.progress import Progress, save_npz
 
@@ -25,7 +25,7 @@ class HeldOutLoss:
         self.config, self.eval_dir = config, eval_dir
         self.split = NamedSharding(mesh, P("data"))
         replicated = NamedSharding(mesh, P())
-        loss_fn = train_lib.create_loss_fn(
+        loss_fn = training.create_loss_fn(
             config, sde_lib.get_sde(config), models.get_model(config), train=False, per_example=True
         )
         self._loss_fn = jax.jit(
