@@ -4,7 +4,7 @@ The library behind ``python -m score_sde_jax.sample`` and the sampling mode of `
 `Generator` / `generate`
 (samples by global index along a 1-D ``('data',)`` mesh, with a progress log) and
 `sample_to_file`. Sample i depends only on (seed, i) (`get_sample_fn`); images are rounded to
-uint8 (`to_uint8`). See docs/sampling.md#the-sampling-driver.
+uint8 (`image_io.to_uint8`). See docs/sampling.md#the-sampling-driver.
 """
 
 import dataclasses
@@ -59,11 +59,6 @@ def get_sample_fn(config, spec: registry.SamplerSpec, batch_size: int):
     return sample_fn
 
 
-def to_uint8(x) -> jax.Array:
-    """Images in [0, 1] -> uint8 by rounding (k / 255 -> k); out-of-range values are clipped."""
-    return jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0).astype(jnp.uint8)
-
-
 class Generator:
     """Generates samples by global index, sharded over a ``('data',)`` mesh.
 
@@ -89,12 +84,14 @@ class Generator:
                 f"of devices ({num_devices})."
             )
         self.batch_size = batch_size
-        self.is_image = datasets.canonical_name(config.data.dataset) != "TOY2D"
+        self.is_image = datasets.is_image(config)
         self._split = NamedSharding(self.mesh, P("data"))
         replicated = NamedSharding(self.mesh, P())
         sample_fn = get_sample_fn(config, spec, batch_size)
         inverse_scaler = pipeline.get_data_inverse_scaler(config)
-        to_output = (lambda x: to_uint8(inverse_scaler(x))) if self.is_image and not raw else None
+        to_output = (
+            (lambda x: image_io.to_uint8(inverse_scaler(x))) if self.is_image and not raw else None
+        )
 
         def run(indices, seed, params):
             base = jax.random.PRNGKey(seed)

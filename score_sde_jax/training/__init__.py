@@ -30,7 +30,6 @@ from score_sde_jax.training.optimizer import (
 )
 from score_sde_jax.training.score_model import (
     create_loss_fn,
-    create_snapshot_sampler,
     create_train_state,
     eval_step,
     train_and_evaluate,
@@ -48,7 +47,6 @@ __all__ = [
     "create_learning_rate_fn",
     "create_loss_fn",
     "create_optimizer",
-    "create_snapshot_sampler",
     "create_train_state",
     "eval_step",
     "image_loss",

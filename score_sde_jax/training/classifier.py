@@ -6,7 +6,6 @@ through ∇_x log p_φ(y | x, σ) (`score_sde_jax.sampling.controllable.get_pc_c
 its config keys live in ``config.classifier`` (docs/training.md#the-classifier).
 """
 
-import os
 import pathlib
 
 import jax
@@ -25,7 +24,6 @@ from score_sde_jax.training.optimizer import create_optimizer
 from score_sde_jax.training.state import TrainState
 
 # Datasets whose images carry class labels, and how many classes they have.
-_NUM_CLASSES = {"CIFAR10": 10, "SVHN": 10, "DIGITS": 10}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,8 +72,8 @@ def dataset_num_classes(config) -> int:
       FileNotFoundError: a ``FOLDER`` dataset whose folder does not exist.
     """
     name = datasets.canonical_name(config.data.dataset)
-    if name in _NUM_CLASSES:
-        return _NUM_CLASSES[name]
+    if datasets.DATASETS[name].num_classes:
+        return datasets.DATASETS[name].num_classes
     if name == "FOLDER":
         classes = {}  # data.path / data.eval_path -> class subdirectory names
         for key in ("path", "eval_path"):
@@ -99,7 +97,7 @@ def dataset_num_classes(config) -> int:
         return len(classes["path"])
     raise ValueError(
         f"data.dataset={config.data.dataset!r} has no class labels to train a classifier on; "
-        f"use one of {', '.join(_NUM_CLASSES)} or FOLDER (one subdirectory per class)."
+        f"use one of {', '.join(n for n, d in datasets.DATASETS.items() if d.num_classes)} or FOLDER (one subdirectory per class)."
     )
 
 
@@ -296,9 +294,11 @@ def restore_params(config, workdir: str):
       FileNotFoundError: there is no checkpoint.
       RuntimeError: none of the checkpoints fits ``config``'s network.
     """
-    directory = os.path.join(os.fspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"No classifier checkpoints in {directory}; train one first.")
+    run = checkpoints.RunFolder(workdir)
+    if not run.steps():
+        raise FileNotFoundError(
+            f"No classifier checkpoints in {run.checkpoint_dir}; train one first."
+        )
     classifier = create_classifier(config)
     optimizer = create_optimizer(config)
     rng = np.asarray(jax.random.PRNGKey(0))
@@ -306,10 +306,12 @@ def restore_params(config, workdir: str):
     abstract = jax.eval_shape(
         lambda rng: TrainState.create(init_params(classifier, rng, shape), optimizer), rng
     )
-    with checkpoints.CheckpointManager(directory) as ckpt:
+    with run.manager() as ckpt:
         restored = ckpt.restore_latest(abstract, rng)
     if restored is None:
-        raise FileNotFoundError(f"No classifier checkpoints in {directory}; train one first.")
+        raise FileNotFoundError(
+            f"No classifier checkpoints in {run.checkpoint_dir}; train one first."
+        )
     state, _, step = restored
     return state.ema_params, step
 

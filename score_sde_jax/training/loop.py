@@ -164,10 +164,8 @@ def train(task_type, config, workdir: str, mesh: jax.sharding.Mesh | None = None
         # so it must not be committed to one device.
         rng = np.asarray(jax.random.PRNGKey(config.seed))
         state = _initial_state(task, optimizer, jax.random.fold_in(rng, 0), mesh)
-        with checkpoints.CheckpointManager(
-            os.path.join(workdir, "checkpoints"),
-            max_to_keep=t.get("max_to_keep", 2),
-            keep_period=t.snapshot_freq,
+        with checkpoints.RunFolder(workdir).manager(
+            max_to_keep=t.get("max_to_keep", 2), keep_period=t.snapshot_freq
         ) as ckpt:
             try:
                 state, rng, step, resumed = _restore(ckpt, config, task, state, rng, writer)

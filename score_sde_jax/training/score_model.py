@@ -12,8 +12,9 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import checkpoints, distributed, losses, models, sampling, score_fns, sde_lib
+from score_sde_jax import checkpoints, distributed, losses, models, score_fns, sde_lib
 from score_sde_jax.data import image_io, pipeline
+from score_sde_jax.sampling import registry
 from score_sde_jax.training import loop
 from score_sde_jax.training.state import TrainState
 from score_sde_jax.training.step import image_loss
@@ -61,33 +62,6 @@ def eval_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_fn: Callab
     return {"loss": loss_fn(state.ema_params, rng, batch["image"])}
 
 
-def create_snapshot_sampler(config, sde, model, shape):
-    """The config's sampler ``sample(rng, params) -> (x, nfe)`` for snapshot grids.
-
-    See docs/configs.md.
-    """
-    score_fn = models.get_score_fn(sde, model, continuous=config.training.continuous)
-    s = config.sampling
-    eps = sde_lib.get_sampling_eps(config)
-    method = s.method.lower()
-    if method == "pc":
-        return sampling.get_pc_sampler(
-            sde,
-            score_fn,
-            shape,
-            predictor=s.predictor.lower(),
-            corrector=s.corrector.lower(),
-            snr=s.snr,
-            n_steps=s.n_steps_each,
-            probability_flow=s.probability_flow,
-            denoise=s.noise_removal,
-            eps=eps,
-        )
-    if method == "ode":
-        return sampling.get_ode_sampler(sde, score_fn, shape, eps=eps, denoise=s.noise_removal)
-    raise ValueError(f"sampling.method={s.method!r}; valid methods: 'pc', 'ode'.")
-
-
 def _write_snapshot(config, samples, step, workdir, writer):
     """Saves ``samples/iter_<step>/sample.{png,npz}`` (process 0) and logs the grid image."""
     folder = os.path.join(workdir, "samples", f"iter_{step}")
@@ -96,8 +70,7 @@ def _write_snapshot(config, samples, step, workdir, writer):
         np.savez_compressed(os.path.join(folder, "sample.npz"), samples=samples)
         image = image_io.save_scatter_png(samples, os.path.join(folder, "sample.png"))
     else:
-        images = np.clip(pipeline.get_data_inverse_scaler(config)(samples), 0.0, 1.0)
-        images = np.round(images * 255.0).astype(np.uint8)
+        images = image_io.to_uint8(pipeline.get_data_inverse_scaler(config)(samples))
         np.savez_compressed(os.path.join(folder, "sample.npz"), samples=images)
         image = image_io.save_image_grid(images, os.path.join(folder, "sample.png"))
     writer.write_images(step, {"samples": image[None]})
@@ -178,7 +151,7 @@ class ScoreModel:
         t = self.config.training
         num = t.get("snapshot_batch_size", None) or t.batch_size
         shape = (num, *pipeline.image_shape(self.config))
-        sampler = create_snapshot_sampler(self.config, self.sde, self.model, shape)
+        sampler = registry.get_sampler(self.config, models.get_model_fn(self.model), shape)
         sharding = self.split if num % self.mesh.devices.size == 0 else self.replicated
         return jax.jit(lambda rng, params: sampler(rng, params)[0], out_shardings=sharding)
 
