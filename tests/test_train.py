@@ -14,10 +14,10 @@ import tensorflow_datasets as tfds
 from conftest import FIXTURES
 from tensorboard.backend.event_processing import event_accumulator
 
-from configs.ve import cifar10_ncsnpp_continuous
-from configs.vp import cifar10_ddpmpp_continuous
 from score_sde_jax import checkpoints, convert_checkpoint, distributed, models, training
 from score_sde_jax.configs import digits, toy2d
+from score_sde_jax.configs.ve import cifar10_ncsnpp_continuous
+from score_sde_jax.configs.vp import cifar10_ddpmpp_continuous
 from score_sde_jax.data import pipeline
 
 
