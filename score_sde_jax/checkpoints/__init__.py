@@ -31,6 +31,7 @@ from score_sde_jax.checkpoints.manager import (
 )
 from score_sde_jax.checkpoints.original import load_original, params_from_original
 from score_sde_jax.checkpoints.pretrained import Pretrained, load_pretrained, save_pretrained
+from score_sde_jax.checkpoints.pretrained import names as pretrained_names
 from score_sde_jax.checkpoints.pytorch import load_pytorch
 from score_sde_jax.checkpoints.run_folder import (
     LoadedCheckpoint,
@@ -44,6 +45,7 @@ from score_sde_jax.checkpoints.run_folder import (
 __all__ = [
     "Pretrained",
     "load_pretrained",
+    "pretrained_names",
     "save_pretrained",
     "CONFIG",
     "EVAL_ITER",

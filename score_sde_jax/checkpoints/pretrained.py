@@ -1,4 +1,5 @@
-"""The pretrained models embedded in the package: `load_pretrained(name)` and `save_pretrained`.
+"""The pretrained models embedded in the package: `load_pretrained(name)`, `names` and
+`save_pretrained` (docs/pretrained.md).
 
 The parameters are stored as float16 (half the size; sampling quality is unchanged, see
 docs/pretrained.md) and returned as float32.

@@ -23,9 +23,6 @@ from score_sde_jax.training import loop
 from score_sde_jax.training.optimizer import create_optimizer
 from score_sde_jax.training.state import TrainState
 
-# Datasets whose images carry class labels, and how many classes they have.
-
-
 # ----------------------------------------------------------------------------------------------
 # Network and config.
 # ----------------------------------------------------------------------------------------------
