@@ -6,22 +6,25 @@ import numpy as np
 from flax import traverse_util
 
 from score_sde_jax.checkpoints.torch_pickle import TorchCheckpointError, UnsafeCheckpointError
+from score_sde_jax.errors import UserError
 
 __all__ = [
     "CheckpointError",
     "CheckpointFormatError",
     "CheckpointMismatchError",
+    "CorruptCheckpointError",
     "TorchCheckpointError",
     "TruncatedCheckpointError",
+    "UnrestorableCheckpointError",
     "UnsafeCheckpointError",
     "check_fit",
     "fit_params",
 ]
 
-_LISTED = 5  # offending paths quoted per category in a mismatch message
+_LISTED = 3  # offending paths quoted per category in a mismatch message
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be used (base class of the errors below)."""
 
 
@@ -35,6 +38,14 @@ class TruncatedCheckpointError(CheckpointFormatError):
 
 class CheckpointMismatchError(CheckpointError):
     """The checkpoint's parameters do not fit the network built from the config."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint of a run folder is damaged: files missing, truncated or unreadable."""
+
+
+class UnrestorableCheckpointError(CheckpointError, RuntimeError):
+    """A run folder holds checkpoints but none of them can be restored."""
 
 
 def _fmt(path):
@@ -59,7 +70,9 @@ def check_fit(expected, given, description, extra_unexpected=()):
     ]
     if missing or unexpected or wrong_shape:
         raise CheckpointMismatchError(
-            _mismatch_message(description, missing, unexpected, wrong_shape)
+            _mismatch_message(description, missing, unexpected, wrong_shape),
+            "use the config the checkpoint was trained with (model.name, nf, ch_mult, "
+            "num_res_blocks, attn_resolutions, data.image_size, ...)",
         )
 
 
@@ -76,22 +89,14 @@ def fit_params(expected, given, description, extra_unexpected=()):
 
 
 def _mismatch_message(description, missing, unexpected, wrong_shape):
-    lines = [
-        f"{description} does not match the network built from the config: "
-        f"{len(wrong_shape)} parameter(s) with another shape, {len(missing)} missing from the "
-        f"checkpoint, {len(unexpected)} in the checkpoint but not in the network."
-    ]
+    """One line: the counts, then up to `_LISTED` offending parameters of each kind."""
+    parts = []
     for title, items in [
-        ("different shape", wrong_shape),
-        ("missing", missing),
-        ("unexpected", unexpected),
+        ("with another shape", wrong_shape),
+        ("missing from the checkpoint", missing),
+        ("in the checkpoint but not in the network", unexpected),
     ]:
         if items:
-            more = f" (and {len(items) - _LISTED} more)" if len(items) > _LISTED else ""
-            lines.append(f"  {title}{more}:")
-            lines.extend(f"    {item}" for item in items[:_LISTED])
-    lines.append(
-        "Use the config the checkpoint was trained with (model.name, nf, ch_mult, "
-        "num_res_blocks, attn_resolutions, data.image_size, ...)."
-    )
-    return "\n".join(lines)
+            more = f", and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
+            parts.append(f"{len(items)} parameter(s) {title} ({'; '.join(items[:_LISTED])}{more})")
+    return f"{description} does not match the network built from the config: {', '.join(parts)}"
