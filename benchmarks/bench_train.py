@@ -30,10 +30,10 @@ from jax.sharding import PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
-from configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
 from score_sde_jax import distributed, models, sde_lib, training
 from score_sde_jax.configs import digits  # noqa: E402
+from score_sde_jax.configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
+from score_sde_jax.configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
 from score_sde_jax.data import pipeline
 
 CASES = {

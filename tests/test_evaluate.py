@@ -152,7 +152,7 @@ def test_fid_mode_without_inception_weights_stops_with_the_message(workdir, tmp_
         "-m",
         "score_sde_jax.evaluate",
         f"--workdir={workdir}",
-        "--config=score_sde_jax/configs/digits.py",
+        "--config=configs/digits.py",
         "--config.eval.enable_sampling=True",
         "--eval_folder=x",
     ]

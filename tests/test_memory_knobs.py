@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from configs.ve import cifar10_ncsnpp_continuous
-from configs.ve.ncsnv2 import cifar10 as ncsnv2_cifar10
-from configs.vp import cifar10_ddpmpp_continuous
-from configs.vp.ddpm import cifar10 as ddpm_cifar10
 from score_sde_jax import models, sde_lib, training
+from score_sde_jax.configs.ve import cifar10_ncsnpp_continuous
+from score_sde_jax.configs.ve.ncsnv2 import cifar10 as ncsnv2_cifar10
+from score_sde_jax.configs.vp import cifar10_ddpmpp_continuous
+from score_sde_jax.configs.vp.ddpm import cifar10 as ddpm_cifar10
 
 BATCH = 8
 # LLVM optimisation only changes the generated machine code, not XLA's buffer assignment: the

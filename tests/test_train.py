@@ -14,10 +14,10 @@ import tensorflow_datasets as tfds
 from conftest import FIXTURES
 from tensorboard.backend.event_processing import event_accumulator
 
-from configs.ve import cifar10_ncsnpp_continuous
-from configs.vp import cifar10_ddpmpp_continuous
 from score_sde_jax import checkpoints, convert_checkpoint, distributed, models, training
 from score_sde_jax.configs import digits, toy2d
+from score_sde_jax.configs.ve import cifar10_ncsnpp_continuous
+from score_sde_jax.configs.vp import cifar10_ddpmpp_continuous
 from score_sde_jax.data import pipeline
 
 
@@ -159,6 +159,30 @@ def test_validate_config_names_the_bad_key():
     config.training.batch_size = 18
     with pytest.raises(ValueError, match="training.batch_size=18 must be divisible"):
         training.validate_config(config, 4, 1)
+
+
+def test_cpu_warning_only_for_paper_size_runs_on_the_cpu():
+    cpu_warning = training.loop.cpu_warning
+    cifar10 = cifar10_ncsnpp_continuous.get_config()
+    line = cpu_warning(cifar10, 62_693_251, "cpu")
+    assert "a 62.7M-parameter network on CIFAR10 (32 px) on the CPU" in line
+    assert "pip install -e '.[cuda12]' or '.[tpu]'" in line
+    assert cpu_warning(cifar10, 62_693_251, "gpu") is None
+    assert cpu_warning(cifar10, 62_693_251, "tpu") is None
+    # The offline configs train on a CPU without it; a large network or 32 px images alone warn.
+    for config in (digits.get_config(), toy2d.get_config()):
+        model = models.get_model(config)
+        shapes = jax.eval_shape(
+            lambda rng, config=config, model=model: training.score_model.init_params(
+                config, model, rng
+            ),
+            jax.random.PRNGKey(0),
+        )
+        assert cpu_warning(config, sum(x.size for x in jax.tree.leaves(shapes)), "cpu") is None
+    config = digits.get_config()
+    assert "5.0M-parameter" in cpu_warning(config, 5_000_001, "cpu")
+    config.data.image_size = 32
+    assert "(32 px)" in cpu_warning(config, 1_000, "cpu")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from conftest import REPO_ROOT
 from scipy.special import log_softmax
 from tensorboard.backend.event_processing import event_accumulator
 
-from configs.classifier import cifar10_wideresnet
 from score_sde_jax import distributed, sde_lib, training
 from score_sde_jax.configs import classifier_digits, digits
+from score_sde_jax.configs.classifier import cifar10_wideresnet
 from score_sde_jax.models import wideresnet
 from score_sde_jax.sampling import controllable
 

@@ -20,7 +20,7 @@ from conftest import REPO_ROOT
 from score_sde_jax import checkpoints, models, training
 from score_sde_jax.configs import toy2d
 
-TOY_CONFIG = str(REPO_ROOT / "score_sde_jax" / "configs" / "toy2d.py")
+TOY_CONFIG = str(REPO_ROOT / "configs" / "toy2d.py")
 # Overrides that shrink the toy config (applied in-process and as CLI flags alike).
 OVERRIDES = {
     "training.batch_size": 16,

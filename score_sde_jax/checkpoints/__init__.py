@@ -9,7 +9,8 @@
 * `original`: `load_original`, the original code's flax 0.3 msgpack ``checkpoint_<k>``;
 * `pytorch`: `load_pytorch`, the PyTorch port's ``.pth``, read by `torch_pickle` (no torch, no
   code run);
-* `errors`: the error classes and the check that parameters fit the config's network.
+* `errors`: the error classes and the check that parameters fit the config's network;
+* `pretrained`: `load_pretrained`, the small models embedded in the package.
 """
 
 from score_sde_jax.checkpoints.errors import (
@@ -33,6 +34,7 @@ from score_sde_jax.checkpoints.manager import (
     all_finite,
 )
 from score_sde_jax.checkpoints.original import load_original, params_from_original
+from score_sde_jax.checkpoints.pretrained import Pretrained, load_pretrained, save_pretrained
 from score_sde_jax.checkpoints.pytorch import load_pytorch
 from score_sde_jax.checkpoints.run_folder import (
     LoadedCheckpoint,
@@ -46,6 +48,9 @@ from score_sde_jax.checkpoints.run_folder import (
 )
 
 __all__ = [
+    "Pretrained",
+    "load_pretrained",
+    "save_pretrained",
     "CONFIG",
     "EVAL_ITER",
     "FORMATS",

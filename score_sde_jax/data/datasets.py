@@ -75,7 +75,7 @@ def _read_folder(name, config, train, data_dir) -> Source:
 
 
 def _read_digits(name, config, train, data_dir) -> Source:
-    return digits.source(config, train)
+    return digits.source(config, train, colored=name == "COLOR_DIGITS")
 
 
 def _read_toy2d(name, config, train, data_dir) -> Source:
@@ -147,6 +147,12 @@ DATASETS: dict[str, Dataset] = {
     "DIGITS": Dataset(
         _read_digits,
         not_in_tfds="DIGITS ships inside scikit-learn; nothing to prepare.",
+        num_classes=10,
+    ),
+    "COLOR_DIGITS": Dataset(
+        _read_digits,
+        not_in_tfds="COLOR_DIGITS are made from the digits that ship with scikit-learn; nothing to "
+        "prepare.",
         num_classes=10,
     ),
     "TOY2D": Dataset(

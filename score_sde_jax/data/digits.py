@@ -2,6 +2,8 @@
 
 Values 0..16 become uint8 round(v * 255 / 16); ``data.resize`` = 'bilinear' (default; antialiased),
 'bicubic' or 'pad' (zeros around the native 8 x 8); the last 180 images are the held-out split.
+``COLOR_DIGITS``: the same digits in RGB, each drawn in its own random colour (`colors`), so
+that a gray image leaves its colour to be recovered (colorization, paper App. I.3).
 """
 
 import functools
@@ -59,16 +61,46 @@ def _resized(size: int, method: str) -> np.ndarray:
     return resized
 
 
-def source(config, train: bool) -> Source:
-    """The training (first 1,617) or held-out (last 180) digits at ``data.image_size``."""
+@functools.cache
+def colors(num: int, seed: int = 0) -> np.ndarray:
+    """``num`` random RGB colours in [0, 1] [num, 3]: hue uniform, saturation in [0.5, 1], value 1.
+
+    The brightest channel is always 1, so a coloured digit keeps the full stroke intensity of the
+    gray one in that channel.
+    """
+    rng = np.random.default_rng(seed)
+    hue, saturation = rng.uniform(0.0, 1.0, num), rng.uniform(0.5, 1.0, num)
+    # HSV -> RGB at value 1 (as colorsys.hsv_to_rgb), vectorised.
+    k = np.array([5.0, 3.0, 1.0])
+    ramp = np.clip(
+        np.minimum((k + 6.0 * hue[:, None]) % 6.0, 4.0 - (k + 6.0 * hue[:, None]) % 6.0), 0, 1
+    )
+    return 1.0 - saturation[:, None] * ramp
+
+
+@functools.cache
+def _colored(size: int, method: str) -> np.ndarray:
+    gray = _resized(size, method).astype(np.float64)
+    tint = colors(len(gray))[:, None, None, :]
+    colored = np.round(gray * tint).astype(np.uint8)
+    colored.flags.writeable = False
+    return colored
+
+
+def source(config, train: bool, colored: bool = False) -> Source:
+    """The training (first 1,617) or held-out (last 180) digits at ``data.image_size``.
+
+    ``colored``: the RGB digits of ``COLOR_DIGITS`` instead of the gray ones.
+    """
     # Small enough to preprocess once (per size and method) rather than at every read.
-    images = _resized(config.data.image_size, config.data.get("resize", "bilinear"))
+    resize = _colored if colored else _resized
+    images = resize(config.data.image_size, config.data.get("resize", "bilinear"))
     labels = digits_uint8()[1]
     split = slice(None, -NUM_EVAL) if train else slice(-NUM_EVAL, None)
     images, labels = images[split], labels[split]
     return image_source(
         config,
-        f"DIGITS {'train' if train else 'eval'}",
+        f"{'COLOR_DIGITS' if colored else 'DIGITS'} {'train' if train else 'eval'}",
         len(images),
         lambda i: (images[i], labels[i]),
         lambda x: x,

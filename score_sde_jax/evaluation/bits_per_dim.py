@@ -18,6 +18,7 @@ from score_sde_jax import distributed, likelihood, models, sde_lib
 from score_sde_jax.data import datasets
 from score_sde_jax.evaluation import data_passes, protocol
 from score_sde_jax.evaluation.progress import Progress, save_npz
+from score_sde_jax.progress import bar
 from score_sde_jax.sampling import registry
 
 
@@ -73,7 +74,7 @@ class BitsPerDim:
         fn, values, nfes = self.likelihood_fn(), [], []
         split, seed = protocol.bpd_split(self.config), self.data_seeds[repeat]
         batches = data_passes.ordered_batches(self.data_config(), split, seed, self.split)
-        for b, (x, mask) in enumerate(batches):
+        for b, (x, mask) in enumerate(bar(batches, f"{self.metric} pass {repeat}", unit="batch")):
             key = protocol.eval_key(self.config, protocol.BPD_STREAM, repeat, b)
             value, _, nfe = fn(key, params, x)
             values.append(distributed.to_host(value)[mask])

@@ -17,6 +17,7 @@ from absl import logging
 from score_sde_jax.data import datasets
 from score_sde_jax.errors import DataError, InputError, UsageError
 from score_sde_jax.evaluation import inception, metrics
+from score_sde_jax.progress import bar
 
 
 class DatasetStats(NamedTuple):
@@ -80,7 +81,7 @@ def compute_pool3(
     """
 
     def checked(batches):
-        for batch in batches:
+        for batch in bar(batches, "Inception features", unit="batch"):
             batch = np.asarray(batch)
             if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
                 raise ValueError(

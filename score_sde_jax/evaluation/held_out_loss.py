@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 from score_sde_jax import distributed, models, sde_lib, training
 from score_sde_jax.evaluation import data_passes, protocol
 from score_sde_jax.evaluation.progress import Progress, save_npz
+from score_sde_jax.progress import bar
 
 
 class HeldOutLoss:
@@ -39,9 +40,8 @@ class HeldOutLoss:
         """Per-example eval losses over the whole held-out split, in dataset order."""
         seed = protocol.eval_seed(self.config)
         values = []
-        for b, (x, mask) in enumerate(
-            data_passes.ordered_batches(self.config, "eval", seed, self.split)
-        ):
+        batches = data_passes.ordered_batches(self.config, "eval", seed, self.split)
+        for b, (x, mask) in enumerate(bar(batches, "eval loss", unit="batch")):
             key = protocol.eval_key(self.config, protocol.LOSS_STREAM, b)
             values.append(distributed.to_host(self._loss_fn(params, key, x))[mask])
         return np.concatenate(values)

@@ -19,6 +19,7 @@ from score_sde_jax.data import datasets
 from score_sde_jax.errors import InputError, UsageError
 from score_sde_jax.evaluation import dataset_stats, inception, inception_weights, metrics, protocol
 from score_sde_jax.evaluation.progress import Progress, save_npz
+from score_sde_jax.progress import bar
 from score_sde_jax.sampling import generation, registry
 
 
@@ -150,7 +151,7 @@ class SampleQuality:
         folder = os.path.join(self.eval_dir, f"ckpt_{k}", f"seed_{seed}")
         os.makedirs(folder, exist_ok=True)
         pool_3, logits, nfe_sum = [], [], 0.0
-        for r in range(self.num_rounds):
+        for r in bar(range(self.num_rounds), f"checkpoint {k}, seed {seed}", unit="round"):
             unit = f"ckpt_{k}/seed_{seed}/round_{r}"
             outputs = self._round(params, seed, r, folder, unit, progress)
             pool_3.append(outputs["pool_3"])

@@ -10,7 +10,7 @@ docs/sampling.md#the-samplers.
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import sde_lib
+from score_sde_jax import progress, sde_lib
 from score_sde_jax.sampling.common import (
     check_positive_int,
     check_prior_sample,
@@ -168,6 +168,7 @@ def get_heun_sampler(
         def step(x_hat, i):
             h = sigma_hats[i + 1] - sigma_hats[i]
             d = d_dsigma(x_hat, i)
+            progress.tick(i, num_steps)
             return x_hat + 0.5 * h * (d + d_dsigma(x_hat + h * d, i + 1)), None
 
         x_hat = _initial(sde, rng, shape, z) / alphas[0]
@@ -257,6 +258,7 @@ def get_dpm_solver_sampler(
 
         def step(x, i):
             nodes = [node(times[i]), node(times[i + 1])] + [node(m[i]) for m in mids]
+            progress.tick(i, num_steps)
             return update(params, x, *nodes), None
 
         x = _initial(sde, rng, shape, z)

@@ -21,7 +21,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import checkpoints, distributed, errors, models, outputs
+from score_sde_jax import checkpoints, distributed, errors, models, outputs, progress
 from score_sde_jax.data import datasets, image_io, pipeline
 from score_sde_jax.sampling import registry
 from score_sde_jax.sampling.common import prior_sample
@@ -145,32 +145,35 @@ def generate(
     num_batches = math.ceil(num_samples / generator.batch_size)
     outputs, nfes = [], []
     tic = time.time()
-    for b in range(num_batches):
-        first = start + b * generator.batch_size
-        x, nfe = generator(params, seed, first)
-        keep = min(generator.batch_size, num_samples - b * generator.batch_size)
-        x, nfe = x[:keep], nfe[:keep]
-        outputs.append(x)
-        nfes.append(nfe)
-        if on_batch is not None:
-            on_batch(first, x, nfe)
-        done = b + 1
-        if done % log_every == 0 or done == num_batches:
-            elapsed = time.time() - tic
-            eta = elapsed / done * (num_batches - done)
-            all_nfe = np.concatenate(nfes)
-            logging.info(
-                "[%s] batch %d/%d: %d/%d samples | NFE per sample %s | %.1f s elapsed, ETA %.0f s",
-                "#" * int(20 * done / num_batches) + "." * (20 - int(20 * done / num_batches)),
-                done,
-                num_batches,
-                sum(len(o) for o in outputs),
-                num_samples,
-                _describe_nfe(all_nfe),
-                elapsed,
-                eta,
-            )
+    with progress.bar(num_samples, "sampling", unit="sample") as samples_bar:
+        with progress.steps():
+            for b in range(num_batches):
+                progress.reset()
+                first = start + b * generator.batch_size
+                x, nfe = generator(params, seed, first)
+                keep = min(generator.batch_size, num_samples - b * generator.batch_size)
+                outputs.append(x[:keep])
+                nfes.append(nfe[:keep])
+                samples_bar.update(keep)
+                if on_batch is not None:
+                    on_batch(first, outputs[-1], nfes[-1])
+                if (b + 1) % log_every == 0 or b + 1 == num_batches:
+                    _log_batch(b + 1, num_batches, outputs, nfes, num_samples, tic)
     return np.concatenate(outputs), np.concatenate(nfes)
+
+
+def _log_batch(done, num_batches, outputs, nfes, num_samples, tic) -> None:
+    elapsed = time.time() - tic
+    logging.info(
+        "batch %d/%d: %d/%d samples | NFE per sample %s | %.1f s elapsed, ETA %.0f s",
+        done,
+        num_batches,
+        sum(len(o) for o in outputs),
+        num_samples,
+        _describe_nfe(np.concatenate(nfes)),
+        elapsed,
+        elapsed / done * (num_batches - done),
+    )
 
 
 def _describe_nfe(nfe: np.ndarray) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import sde_lib
+from score_sde_jax import progress, sde_lib
 from score_sde_jax.sampling.common import (
     check_positive_int,
     check_prior_sample,
@@ -365,6 +365,7 @@ def pc_loop(
         x, x_mean = predictor_update(pred_key, params, x, vec_t, dt)
         if projection is not None:
             x, x_mean = projection(pred_proj_key, x, x_mean, jnp.maximum(vec_t - dt, 0.0))
+        progress.tick(i, n)
         return (x, x_mean), None
 
     ts = jnp.linspace(sde.T, eps, n)

@@ -113,7 +113,7 @@ def validate_config(config, num_devices: int, num_processes: int) -> None:
     if "classifier" not in config:
         raise UsageError(
             "The config has no 'classifier' section: it is not a classifier config. Use "
-            "score_sde_jax/configs/classifier_digits.py or configs/classifier/*.py."
+            "configs/classifier_digits.py or configs/classifier/*.py."
         )
     loop.validate_config(config, num_devices, num_processes)
     c = config.classifier
