@@ -62,6 +62,12 @@ OPTIONAL_KEYS = {
     "data.prefetch_batches": int,
     "model.dtype": str,
     "model.remat": bool,
+    "model.num_layers": int,
+    "model.embedding_type": str,
+    "model.num_classes": int,
+    "model.interpolation": str,
+    "model.scale_by_sigma": bool,
+    "model.sigma_max": float,
 }
 _DEFERRED = []  # errors of parsing a default --config at import time, reported by `run`
 SCORE_MODEL_HINT = (
@@ -237,9 +243,14 @@ def _override_without_config(flagname: str) -> errors.UsageError:
 
 
 def _exit(error: errors.UserError, verbose: bool):
+    """Prints ``error: <what is wrong> — <what to do>`` (the class's default fix when the error
+    names none) and exits with its code."""
     if verbose:
         traceback.print_exc()
-    lines = " ".join(line.strip() for line in str(error).splitlines())
+    text = str(error)
+    if getattr(error, "fix", None) is None:
+        text = f"{text.rstrip().rstrip('.')} — {error.default_fix}"
+    lines = " ".join(line.strip() for line in text.splitlines())
     sys.stderr.write(f"error: {lines}\n")
     sys.exit(error.exit_code)
 
