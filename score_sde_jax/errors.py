@@ -27,6 +27,7 @@ class UserError(Exception):
     """
 
     exit_code = 1
+    default_fix = "see docs/commands.md"  # what the commands print when ``fix`` is not given
 
     def __init__(self, message: str, fix: str | None = None):
         super().__init__(message if fix is None else f"{message} — {fix}")
@@ -37,18 +38,25 @@ class UsageError(UserError, ValueError):
     """A bad flag, config key or config value (exit code 2)."""
 
     exit_code = 2
+    default_fix = "fix it on the command line (see --help, docs/configs.md)"
 
 
 class InputError(UserError, FileNotFoundError):
     """An input file or folder that does not exist or cannot be read."""
 
+    default_fix = "check the path"
+
 
 class DataError(UserError, ValueError):
     """Data that cannot be used: an unreadable image, a folder without images, ..."""
 
+    default_fix = "check the data (docs/data.md)"
+
 
 class OutputError(UserError, OSError):
     """An output file or folder that cannot be written."""
+
+    default_fix = "choose another output path"
 
 
 @contextlib.contextmanager

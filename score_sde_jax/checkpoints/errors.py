@@ -27,6 +27,8 @@ _LISTED = 3  # offending paths quoted per category in a mismatch message
 class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be used (base class of the errors below)."""
 
+    default_fix = "see docs/checkpoints.md"
+
 
 class CheckpointFormatError(CheckpointError):
     """The file is not a checkpoint of the expected kind."""

@@ -29,6 +29,8 @@ __all__ = ["TorchCheckpointError", "UnsafeCheckpointError", "load_pth"]
 class TorchCheckpointError(UserError, ValueError):
     """The file is not a readable PyTorch checkpoint (wrong format, truncated or corrupt)."""
 
+    default_fix = "see docs/checkpoints.md"
+
 
 class UnsafeCheckpointError(TorchCheckpointError):
     """The pickle references a global outside the allow-list (it could run code if trusted)."""

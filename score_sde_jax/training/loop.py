@@ -97,36 +97,47 @@ def validate_config(config, num_devices: int, num_processes: int) -> None:
     t = config.training
     accum = t.get("grad_accum_steps", 1)
     if t.n_iters < 1:
-        raise errors.UsageError(f"training.n_iters={t.n_iters} must be >= 1.")
+        raise errors.UsageError(
+            f"training.n_iters={t.n_iters} must be >= 1", "pass --config.training.n_iters=N, N >= 1"
+        )
     if t.n_jitted_steps < 1 or accum < 1:
         raise errors.UsageError(
-            "training.n_jitted_steps and training.grad_accum_steps must be >= 1."
+            f"training.n_jitted_steps={t.n_jitted_steps} and training.grad_accum_steps={accum} "
+            "must be >= 1",
+            "set them to 1 or more",
         )
     for name in _STEP_FREQUENCIES:
         if t[name] <= 0 or t[name] % t.n_jitted_steps:
             raise errors.UsageError(
                 f"training.{name}={t[name]} must be a positive multiple of "
-                f"training.n_jitted_steps={t.n_jitted_steps}."
+                f"training.n_jitted_steps={t.n_jitted_steps}",
+                f"pass --config.training.{name}=k*{t.n_jitted_steps}",
             )
     for key, size in (
         ("training.batch_size", t.batch_size),
         ("eval.batch_size", config.eval.batch_size),
     ):
+        multiple = math.lcm(num_devices, num_processes)
         if size <= 0:
-            raise errors.UsageError(f"{key}={size} must be positive.")
+            raise errors.UsageError(
+                f"{key}={size} must be positive", f"pass --config.{key}=k*{multiple}"
+            )
         if size % num_devices or size % num_processes:
             raise errors.UsageError(
                 f"{key}={size} must be divisible by the number of devices ({num_devices}) and "
-                f"processes ({num_processes})."
+                f"processes ({num_processes})",
+                f"pass --config.{key}=k*{multiple}",
             )
     if (t.batch_size // num_devices) % accum:
         raise errors.UsageError(
             f"The per-device batch {t.batch_size // num_devices} must be divisible by "
-            f"training.grad_accum_steps={accum}."
+            f"training.grad_accum_steps={accum}",
+            "change training.batch_size or training.grad_accum_steps",
         )
     if config.optim.optimizer.lower() != "adam":
         raise errors.UsageError(
-            f"optim.optimizer={config.optim.optimizer!r}; only 'Adam' is supported."
+            f"optim.optimizer={config.optim.optimizer!r}: only 'Adam' is supported",
+            "pass --config.optim.optimizer=Adam",
         )
 
 
@@ -182,7 +193,7 @@ def train(task_type, config, workdir: str, mesh: jax.sharding.Mesh | None = None
     mesh = distributed.create_mesh() if mesh is None else mesh
     task_type.validate_config(config, mesh.devices.size, jax.process_count())
     os.makedirs(outputs.check_dir(workdir, "--workdir"), exist_ok=True)
-    writer = _create_writer(workdir)
+    writer = _LazyWriter(workdir)
     try:
         with errors.config_values(f"building the {task_type.__name__} of the config"):
             task = task_type(config, mesh, workdir, writer)
@@ -220,13 +231,26 @@ def train(task_type, config, workdir: str, mesh: jax.sharding.Mesh | None = None
         writer.flush()
 
 
-def _create_writer(workdir: str):
-    """The clu TensorBoard writer of ``<workdir>/tensorboard`` (only process 0 writes files)."""
-    from clu import metric_writers  # noqa: PLC0415 (imports TensorFlow: only once training)
+class _LazyWriter:
+    """The clu TensorBoard writer of ``<workdir>/tensorboard`` (only process 0 writes files),
+    created when first written to: a run refused before its first step (e.g. resumed with another
+    network's config) leaves the run folder as it was, and TensorFlow is imported only then."""
 
-    return metric_writers.create_default_writer(
-        os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() != 0
-    )
+    def __init__(self, workdir: str):
+        self._workdir, self._writer = workdir, None
+
+    def __getattr__(self, name):
+        if self._writer is None:
+            from clu import metric_writers  # noqa: PLC0415 (imports TensorFlow)
+
+            self._writer = metric_writers.create_default_writer(
+                os.path.join(self._workdir, "tensorboard"), just_logging=jax.process_index() != 0
+            )
+        return getattr(self._writer, name)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
 
 
 def _init_fn(task, optimizer):
