@@ -21,7 +21,7 @@ __all__ = [
     "fit_params",
 ]
 
-_LISTED = 3  # offending paths quoted per category in a mismatch message
+_LISTED = 5  # offending paths quoted per category in a mismatch message
 
 
 class CheckpointError(UserError, ValueError):
@@ -91,14 +91,20 @@ def fit_params(expected, given, description, extra_unexpected=()):
 
 
 def _mismatch_message(description, missing, unexpected, wrong_shape):
-    """One line: the counts, then up to `_LISTED` offending parameters of each kind."""
-    parts = []
+    """The counts, then up to `_LISTED` offending parameters of each kind, one per line (the
+    commands print it as one line)."""
+    lines = [
+        f"{description} does not match the network built from the config: "
+        f"{len(wrong_shape)} parameter(s) with another shape, {len(missing)} missing from the "
+        f"checkpoint, {len(unexpected)} in the checkpoint but not in the network."
+    ]
     for title, items in [
-        ("with another shape", wrong_shape),
-        ("missing from the checkpoint", missing),
-        ("in the checkpoint but not in the network", unexpected),
+        ("different shape", wrong_shape),
+        ("missing", missing),
+        ("unexpected", unexpected),
     ]:
         if items:
-            more = f", and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
-            parts.append(f"{len(items)} parameter(s) {title} ({'; '.join(items[:_LISTED])}{more})")
-    return f"{description} does not match the network built from the config: {', '.join(parts)}"
+            more = f" (and {len(items) - _LISTED} more)" if len(items) > _LISTED else ""
+            lines.append(f"  {title}{more}:")
+            lines.extend(f"    {item}" for item in items[:_LISTED])
+    return "\n".join(lines)
