@@ -11,8 +11,10 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from jax.experimental import multihost_utils
+
+from score_sde_jax import errors
 
 
 def launcher_detected() -> bool:
@@ -35,11 +37,14 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None) ->
     `jax.distributed.initialize` read the cluster from the environment.
 
     Raises:
-      ValueError: only some of the three arguments are given.
+      errors.UsageError (a ValueError): only some of the three arguments are given.
     """
     given = (coordinator_address, num_processes, process_id)
     if any(v is not None for v in given) and not all(v is not None for v in given):
-        raise ValueError("Pass all of --coordinator_address, --num_processes, --process_id.")
+        raise errors.UsageError(
+            "Only some of --coordinator_address, --num_processes, --process_id are given",
+            "pass all three (or none, under a launcher that sets them)",
+        )
     if coordinator_address is not None:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     elif launcher_detected():
@@ -56,33 +61,22 @@ def define_flags() -> None:
 def initialize_from_flags() -> None:
     """`initialize` from the flags of `define_flags`; a usage error when only some are given."""
     f = flags.FLAGS
-    try:
-        initialize(f.coordinator_address, f.num_processes, f.process_id)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
-
-
-class _QuietOrbax(std_logging.Filter):
-    """Drops orbax's INFO lines (a dozen per checkpoint) so that the progress lines stand out."""
-
-    def filter(self, record):
-        return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in (
-            record.pathname
-        )
+    initialize(f.coordinator_address, f.num_processes, f.process_id)
 
 
 def log_to_workdir(workdir: str) -> None:
     """Copies this process's log into ``workdir`` and logs its place in the run.
 
-    Like the original, the log goes to ``stdout.txt`` (process i > 0: ``stdout_i.txt``).
+    Like the original, the log goes to ``stdout.txt`` (process i > 0: ``stdout_i.txt``), with the
+    filters of the console log (the commands' quiet library logs).
     """
     os.makedirs(workdir, exist_ok=True)
     suffix = "" if jax.process_index() == 0 else f"_{jax.process_index()}"
     log_file = std_logging.FileHandler(os.path.join(workdir, f"stdout{suffix}.txt"))
     log_file.setFormatter(logging.PythonFormatter())
+    for log_filter in logging.get_absl_handler().filters:
+        log_file.addFilter(log_filter)
     std_logging.getLogger().addHandler(log_file)
-    for handler in (logging.get_absl_handler(), log_file):
-        handler.addFilter(_QuietOrbax())
     logging.info(
         "Process %d/%d, %d local / %d global devices: %s",
         jax.process_index(),

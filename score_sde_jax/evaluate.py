@@ -1,4 +1,5 @@
-"""Command line evaluation: ``python -m score_sde_jax.evaluate --workdir DIR [--config PATH]``.
+"""Command line evaluation: ``python -m score_sde_jax.evaluate --workdir DIR [--config NAME|PATH]``
+(console script ``score-sde-evaluate``; flags and exit codes: docs/commands.md).
 
 The original's evaluation modes (docs/original_code.md#training-evaluation-and-data), for every
 checkpoint index in ``[eval.begin_ckpt, eval.end_ckpt]`` (checkpoint k = training step k x
@@ -12,27 +13,28 @@ Examples::
     python -m score_sde_jax.evaluate --workdir=runs/cifar10 \\
         --config=configs/ve/cifar10_ncsnpp_continuous.py --config.eval.enable_sampling=True \\
         --stats=assets/stats/cifar10_stats.npz --sample_seeds=1,2,3
-    python -m score_sde_jax.evaluate --workdir=runs/digits --config.eval.enable_bpd=True \\
-        --bpd_num_repeats=2 --hutchinson_type=gaussian
+    python -m score_sde_jax.evaluate --workdir=runs/digits --config=digits \\
+        --config.eval.enable_bpd=True --bpd_num_repeats=2 --hutchinson_type=gaussian
 
-Without ``--config`` the config saved with the run's latest checkpoint is used. The flags
+Without ``--config`` the config saved with the run's newest intact checkpoint is used (overriding
+a key needs ``--config``); a damaged checkpoint in the range is skipped with a warning. The flags
 below that mirror ``eval`` keys (``--bpd_num_repeats`` etc.) override the config. The FID Inception
 weights are never downloaded: without the file the command stops and says where to put it.
 """
 
-import sys
+from absl import flags, logging
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-from score_sde_jax import checkpoints, distributed
+from score_sde_jax import checkpoints, commands, distributed
 from score_sde_jax.evaluation import driver
 from score_sde_jax.sampling import registry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run folder (reads <workdir>/checkpoints).")
-config_flags.DEFINE_config_file(
-    "config", None, "Config file (default: the config saved with the run).", lock_config=True
+commands.define_config_flag(
+    None,
+    "Config name or file (default: the config saved with the run).",
+    required_section="model",
+    hint=commands.SCORE_MODEL_HINT,
 )
 flags.DEFINE_string("eval_folder", "eval", "Results go to <workdir>/<eval_folder>.")
 flags.DEFINE_string(
@@ -85,30 +87,26 @@ def apply_overrides(config):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv
     distributed.initialize_from_flags()
-    try:
-        config = apply_overrides(checkpoints.resolve_config(FLAGS.config, FLAGS.workdir))
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
-    spec = registry.spec_from_flags()
-    try:
-        report = driver.evaluate(
-            config,
-            FLAGS.workdir,
-            FLAGS.eval_folder,
-            sampler=spec,
-            inception_weights_path=FLAGS.inception_weights,
-            stats_path=FLAGS.stats,
-            inception_batch_size=FLAGS.inception_batch_size,
-            checkpoint_timeout=FLAGS.checkpoint_timeout,
-        )
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    config = apply_overrides(checkpoints.resolve_config(FLAGS.config, FLAGS.workdir))
+    report = driver.evaluate(
+        config,
+        FLAGS.workdir,
+        FLAGS.eval_folder,
+        sampler=registry.spec_from_flags(),
+        inception_weights_path=FLAGS.inception_weights,
+        stats_path=FLAGS.stats,
+        inception_batch_size=FLAGS.inception_batch_size,
+        checkpoint_timeout=FLAGS.checkpoint_timeout,
+    )
     logging.info("Last checkpoint: %s", report["last"])
     logging.info("Best checkpoints: %s", report["best"])
 
 
+def main_cli():
+    commands.run(main)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    main_cli()

@@ -3,6 +3,8 @@
     python -m score_sde_jax.prepare_data NAME --data_dir DIR [--manual_dir DIR]
         [--category bedroom] [--resolution 256]
 
+(console script ``score-sde-prepare-data``; exit codes: docs/commands.md)
+
 NAME is a dataset of the configs (``cifar10``, ``svhn``, ``celeba``, ``lsun`` with
 ``--category``, ``celebahq`` with ``--resolution``) or any tfds builder name (``lsun/bedroom``,
 ``celeb_a_hq/1024``, ...). Downloads go through tfds (CIFAR-10, SVHN and LSUN download
@@ -19,6 +21,7 @@ import os
 
 from absl import app, flags, logging
 
+from score_sde_jax import commands, outputs
 from score_sde_jax.data import datasets
 
 
@@ -83,16 +86,14 @@ def main(argv):
             "Usage: python -m score_sde_jax.prepare_data NAME --data_dir DIR; NAME is one of "
             "cifar10, svhn, celeba, lsun (--category), celebahq (--resolution) or a tfds name."
         )
-    try:
-        builder_name = prepare(
-            argv[1],
-            FLAGS.data_dir,
-            category=FLAGS.category,
-            resolution=FLAGS.resolution,
-            manual_dir=FLAGS.manual_dir,
-        )
-    except ValueError as e:  # a dataset tfds does not prepare, or a missing option
-        raise app.UsageError(str(e)) from e
+    outputs.check_dir(FLAGS.data_dir, "--data_dir")
+    builder_name = prepare(
+        argv[1],
+        FLAGS.data_dir,
+        category=FLAGS.category,
+        resolution=FLAGS.resolution,
+        manual_dir=FLAGS.manual_dir,
+    )
     logging.info(
         "Prepared %s under %s; train with data_dir=%s (or $TFDS_DATA_DIR).",
         builder_name,
@@ -101,6 +102,10 @@ def main(argv):
     )
 
 
-if __name__ == "__main__":
+def main_cli():
     _define_flags()
-    app.run(main)
+    commands.run(main, num_args=None)
+
+
+if __name__ == "__main__":
+    main_cli()

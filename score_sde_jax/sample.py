@@ -1,8 +1,9 @@
-"""Command line sampling: ``python -m score_sde_jax.sample --workdir DIR [flags]``.
+"""Command line sampling: ``python -m score_sde_jax.sample --workdir DIR [flags]`` (console
+script ``score-sde-sample``; flags and exit codes: docs/commands.md).
 
 Examples::
 
-    # latest checkpoint of a training run, its saved config and sampler (config.sampling)
+    # newest intact checkpoint of a training run, its saved config and sampler (config.sampling)
     python -m score_sde_jax.sample --workdir=runs/digits --num_samples=64
     # a given step, with the probability-flow ODE
     python -m score_sde_jax.sample --workdir=runs/digits --checkpoint=4000 --sampler=ode
@@ -17,24 +18,24 @@ number of devices or hosts (see `score_sde_jax.sampling.generation`). Thin wrapp
 `score_sde_jax.sampling.generation`.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-from ml_collections import config_flags
-
-from score_sde_jax import distributed
+from score_sde_jax import commands, distributed
 from score_sde_jax.sampling import generation, registry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run folder (checkpoints; default output place).")
-config_flags.DEFINE_config_file(
-    "config", None, "Config file (default: the config saved with the run).", lock_config=True
+commands.define_config_flag(
+    None,
+    "Config name or file (default: the config saved with the run).",
+    required_section="model",
+    hint=commands.SCORE_MODEL_HINT,
 )
 flags.DEFINE_string(
     "checkpoint",
     None,
-    "Step of a checkpoint in --workdir (default: the latest), or the path of a released "
-    "checkpoint file (original 'checkpoint_<k>' or PyTorch-port '.pth'; needs --config).",
+    "Step of a checkpoint in --workdir (default: the newest intact one), or the path of a "
+    "released checkpoint file (original 'checkpoint_<k>' or PyTorch-port '.pth'; needs --config).",
 )
 registry.define_flags()
 flags.DEFINE_integer("num_samples", 64, "Number of samples.")
@@ -50,24 +51,23 @@ distributed.define_flags()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv
     distributed.initialize_from_flags()
-    spec = registry.spec_from_flags()
-    try:
-        generation.sample_to_file(
-            FLAGS.config,
-            workdir=FLAGS.workdir,
-            checkpoint=FLAGS.checkpoint,
-            spec=spec,
-            num_samples=FLAGS.num_samples,
-            batch_size=FLAGS.batch_size,
-            seed=FLAGS.seed,
-            output=FLAGS.output,
-        )
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    generation.sample_to_file(
+        FLAGS.config,
+        workdir=FLAGS.workdir,
+        checkpoint=FLAGS.checkpoint,
+        spec=registry.spec_from_flags(),
+        num_samples=FLAGS.num_samples,
+        batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed,
+        output=FLAGS.output,
+    )
+
+
+def main_cli():
+    commands.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main_cli()

@@ -1,41 +1,34 @@
-"""Command line entry point: ``python -m score_sde_jax.train_classifier --workdir DIR [--config P]``.
+"""Command line entry point: ``python -m score_sde_jax.train_classifier --workdir DIR
+[--config NAME|PATH]`` (console script ``score-sde-train-classifier``).
 
 Trains the noise-conditional classifier that guides class-conditional sampling (App. I.1);
 the loop is `score_sde_jax.training.train_classifier`. Without ``--config`` it trains
-the offline default (`score_sde_jax/configs/classifier_digits.py`); the released CIFAR-10
+the offline default (the config ``classifier_digits``); the released CIFAR-10
 classifier's settings are ``configs/classifier/cifar10_wideresnet.py``. Any config key can be
 overridden, e.g. ``--config.training.n_iters=500``; re-running with the same ``--workdir``
-resumes. Multi-process runs take the same flags as ``score_sde_jax.train``.
+resumes. Multi-process runs take the same flags as ``score_sde_jax.train`` (docs/commands.md).
 """
 
-import os
+from score_sde_jax import commands, training
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-from score_sde_jax import distributed, training
-from score_sde_jax.configs import CONFIG_DIR
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Folder for checkpoints and TensorBoard logs.")
-config_flags.DEFINE_config_file(
-    "config",
-    os.path.join(CONFIG_DIR, "classifier_digits.py"),
-    "Config file (default: the offline digits classifier).",
-    lock_config=True,
+commands.define_training_flags(
+    "classifier_digits",
+    "Classifier config name or file (default: the offline digits classifier).",
+    required_section="classifier",
+    hint="train_classifier needs a classifier config, e.g. classifier_digits or "
+    "configs/classifier/cifar10_wideresnet.py; score models train with score_sde_jax.train",
 )
-distributed.define_flags()
-flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    distributed.initialize_from_flags()
-    distributed.log_to_workdir(FLAGS.workdir)
-    logging.info("Config:\n%s", FLAGS.config)
-    training.train_classifier(FLAGS.config, FLAGS.workdir)
+    del argv
+    config, workdir = commands.prepare_training(training.classifier.Classifier)
+    training.train_classifier(config, workdir)
+
+
+def main_cli():
+    commands.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main_cli()

@@ -1,8 +1,10 @@
 """Checkpoints: training-run folders and readers of foreign checkpoint files (docs/checkpoints.md).
 
-* `run_folder`: `RunFolder`, a workdir's layout (checkpoint steps, saved config, EMA restore);
-  `load_checkpoint_params`, the tools' ``--checkpoint`` flag; `load_file`, a foreign file;
+* `run_folder`: `RunFolder`, a workdir's layout (checkpoint steps, the newest intact one, saved
+  config, EMA restore); `load_checkpoint_params`, the tools' ``--checkpoint`` flag; `load_file`,
+  a foreign file;
 * `manager`: `CheckpointManager`, the orbax checkpoints a training run writes and restores;
+* `integrity`: `check_item`, whether a checkpoint's files are complete before orbax reads them;
 * `formats`: `detect_format`, which of the two foreign formats a file is in;
 * `original`: `load_original`, the original code's flax 0.3 msgpack ``checkpoint_<k>``;
 * `pytorch`: `load_pytorch`, the PyTorch port's ``.pth``, read by `torch_pickle` (no torch, no
@@ -15,8 +17,10 @@ from score_sde_jax.checkpoints.errors import (
     CheckpointError,
     CheckpointFormatError,
     CheckpointMismatchError,
+    CorruptCheckpointError,
     TorchCheckpointError,
     TruncatedCheckpointError,
+    UnrestorableCheckpointError,
     UnsafeCheckpointError,
 )
 from score_sde_jax.checkpoints.formats import FORMATS, detect_format
@@ -36,9 +40,11 @@ from score_sde_jax.checkpoints.pytorch import load_pytorch
 from score_sde_jax.checkpoints.run_folder import (
     LoadedCheckpoint,
     RunFolder,
+    checkpoint_tag,
     config_from_json,
     load_checkpoint_params,
     load_file,
+    locate_checkpoint,
     resolve_config,
 )
 
@@ -56,18 +62,22 @@ __all__ = [
     "CheckpointFormatError",
     "CheckpointManager",
     "CheckpointMismatchError",
+    "CorruptCheckpointError",
     "LoadedCheckpoint",
     "NonFiniteStateError",
     "RunFolder",
     "TorchCheckpointError",
     "TruncatedCheckpointError",
+    "UnrestorableCheckpointError",
     "UnsafeCheckpointError",
     "all_finite",
+    "checkpoint_tag",
     "config_from_json",
     "detect_format",
     "load_checkpoint_params",
     "load_file",
     "load_original",
+    "locate_checkpoint",
     "load_pytorch",
     "params_from_original",
     "resolve_config",

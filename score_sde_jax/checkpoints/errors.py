@@ -6,13 +6,16 @@ import numpy as np
 from flax import traverse_util
 
 from score_sde_jax.checkpoints.torch_pickle import TorchCheckpointError, UnsafeCheckpointError
+from score_sde_jax.errors import UserError
 
 __all__ = [
     "CheckpointError",
     "CheckpointFormatError",
     "CheckpointMismatchError",
+    "CorruptCheckpointError",
     "TorchCheckpointError",
     "TruncatedCheckpointError",
+    "UnrestorableCheckpointError",
     "UnsafeCheckpointError",
     "check_fit",
     "fit_params",
@@ -21,8 +24,10 @@ __all__ = [
 _LISTED = 5  # offending paths quoted per category in a mismatch message
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be used (base class of the errors below)."""
+
+    default_fix = "see docs/checkpoints.md"
 
 
 class CheckpointFormatError(CheckpointError):
@@ -35,6 +40,14 @@ class TruncatedCheckpointError(CheckpointFormatError):
 
 class CheckpointMismatchError(CheckpointError):
     """The checkpoint's parameters do not fit the network built from the config."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint of a run folder is damaged: files missing, truncated or unreadable."""
+
+
+class UnrestorableCheckpointError(CheckpointError, RuntimeError):
+    """A run folder holds checkpoints but none of them can be restored."""
 
 
 def _fmt(path):
@@ -59,7 +72,9 @@ def check_fit(expected, given, description, extra_unexpected=()):
     ]
     if missing or unexpected or wrong_shape:
         raise CheckpointMismatchError(
-            _mismatch_message(description, missing, unexpected, wrong_shape)
+            _mismatch_message(description, missing, unexpected, wrong_shape),
+            "use the config the checkpoint was trained with (model.name, nf, ch_mult, "
+            "num_res_blocks, attn_resolutions, data.image_size, ...)",
         )
 
 
@@ -76,6 +91,8 @@ def fit_params(expected, given, description, extra_unexpected=()):
 
 
 def _mismatch_message(description, missing, unexpected, wrong_shape):
+    """The counts, then up to `_LISTED` offending parameters of each kind, one per line (the
+    commands print it as one line)."""
     lines = [
         f"{description} does not match the network built from the config: "
         f"{len(wrong_shape)} parameter(s) with another shape, {len(missing)} missing from the "
@@ -90,8 +107,4 @@ def _mismatch_message(description, missing, unexpected, wrong_shape):
             more = f" (and {len(items) - _LISTED} more)" if len(items) > _LISTED else ""
             lines.append(f"  {title}{more}:")
             lines.extend(f"    {item}" for item in items[:_LISTED])
-    lines.append(
-        "Use the config the checkpoint was trained with (model.name, nf, ch_mult, "
-        "num_res_blocks, attn_resolutions, data.image_size, ...)."
-    )
     return "\n".join(lines)

@@ -9,6 +9,7 @@ reader explains what is wrong with anything else.
 import os
 
 from score_sde_jax.checkpoints.errors import CheckpointFormatError, TruncatedCheckpointError
+from score_sde_jax.errors import InputError
 
 FORMATS = ("original", "pytorch")
 
@@ -29,7 +30,7 @@ def read_head(path, what: str) -> bytes:
             f"{path} is a directory; pass the path of one {what} inside it (found: {found})."
         )
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No {what} at {path!r}: check the path (and download the file).")
+        raise InputError(f"No {what} at {path!r}", "check the path (and download the file)")
     with open(path, "rb") as f:
         head = f.read(16)
     if not head:

@@ -11,11 +11,13 @@ A checkpoint is one orbax step directory ``<directory>/<step>/`` (the directory 
 Kept checkpoints: the ``max_to_keep`` most recent ones plus every multiple of ``keep_period``
 (``training.snapshot_freq``). Saves are asynchronous; a save refuses non-finite parameters,
 so no checkpoint on disk ever holds NaNs. `restore_latest` falls back to the previous
-checkpoint, with a log line, when the latest one cannot be read, and raises when none can.
+checkpoint, with a log line, when the latest one cannot be read, and raises when none can;
+a step is checked (`integrity.check_item`, `check_fits`) before orbax reads it.
 """
 
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+
+from score_sde_jax.checkpoints import integrity
+from score_sde_jax.checkpoints.errors import UnrestorableCheckpointError, check_fit
 
 STATE = "state"
 TRAIN_ITER = "train_iter"
@@ -57,6 +62,36 @@ def _abstract_leaf(x):
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
     return ocp.utils.to_shape_dtype_struct(x)
+
+
+def _flat_shapes(tree) -> dict:
+    """``{path of names: leaf}`` of a pytree; dataclass fields, dict keys and list indices alike."""
+
+    def name(key):
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {tuple(name(k) for k in path): leaf for path, leaf in leaves}
+
+
+def saved_tree(path) -> dict:
+    """The tree of array metadata (shape, dtype) saved in the orbax item folder ``path``."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        return handler.metadata(pathlib.Path(path)).tree
+    finally:
+        handler.close()
+
+
+def check_fits(path, abstract) -> None:
+    """Raises `CheckpointMismatchError` unless the arrays saved in the orbax item folder ``path``
+    have the paths and shapes of the leaves of ``abstract`` (concrete or abstract arrays).
+
+    Checked before a restore: orbax fails on a mismatch only after starting every read."""
+    check_fit(_flat_shapes(abstract), _flat_shapes(saved_tree(path)), f"Checkpoint {path}")
 
 
 def _grain_args(iterators: dict, save: bool) -> dict:
@@ -130,6 +165,8 @@ class CheckpointManager:
 
     def _restore(self, step, abstract, iterators, initial_states):
         step_dir = os.path.join(self.directory, str(step))
+        integrity.check_item(os.path.join(step_dir, STATE))
+        check_fits(os.path.join(step_dir, STATE), abstract)
         items = {STATE: ocp.args.StandardRestore(abstract)}
         present = dict(iterators)
         own_file = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
@@ -179,7 +216,8 @@ class CheckpointManager:
           ``(train_state, rng, step)``, or ``None`` if the directory holds no checkpoint.
 
         Raises:
-          RuntimeError: there are checkpoints but none of them can be restored.
+          UnrestorableCheckpointError (a RuntimeError): there are checkpoints but none of them
+            can be restored.
         """
         abstract = jax.tree.map(_abstract_leaf, {"train_state": train_state, "rng": rng})
         iterators = {k: v for k, v in (iterators or {}).items() if v is not None}
@@ -205,10 +243,11 @@ class CheckpointManager:
             )
             failed.append((step, error))
         if failed:
-            raise RuntimeError(
+            raise UnrestorableCheckpointError(
                 f"None of the checkpoints {sorted(s for s, _ in failed)} in {self.directory} can "
-                f"be restored; the newest failed with: {failed[0][1]}. Check that the config "
-                "matches the one the run was started with, or use a new workdir."
+                f"be restored; the newest failed with: {failed[0][1]}",
+                "check that the config matches the one the run was started with, or use a new "
+                "--workdir",
             )
         return None
 

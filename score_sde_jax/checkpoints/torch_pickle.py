@@ -21,11 +21,15 @@ import zipfile
 import ml_dtypes
 import numpy as np
 
+from score_sde_jax.errors import InputError, UserError
+
 __all__ = ["TorchCheckpointError", "UnsafeCheckpointError", "load_pth"]
 
 
-class TorchCheckpointError(ValueError):
+class TorchCheckpointError(UserError, ValueError):
     """The file is not a readable PyTorch checkpoint (wrong format, truncated or corrupt)."""
+
+    default_fix = "see docs/checkpoints.md"
 
 
 class UnsafeCheckpointError(TorchCheckpointError):
@@ -391,7 +395,7 @@ def load_pth(path):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No PyTorch checkpoint at {path!r}.")
+        raise InputError(f"No PyTorch checkpoint at {path!r}", "check the path")
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith(b"PK"):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from score_sde_jax.data import digits, image_folder, preprocessing, tfds_reader, tfrecord, toy2d
 from score_sde_jax.data.source import Source
+from score_sde_jax.errors import UsageError
 
 CELEBA_CROP = 140  # the central 140 x 140 of CelebA's 218 x 178 images
 
@@ -57,7 +58,7 @@ def _read_stylegan(name, config, train, data_dir) -> Source:
     if config.data.get("path", None):
         return image_folder.source(name, config, config.data.path)
     if DATASETS[name].tfds is None:
-        raise ValueError(DATASETS[name].not_in_tfds)
+        raise UsageError(DATASETS[name].not_in_tfds)
     return _read_tfds(name, config, train, data_dir)
 
 
@@ -66,7 +67,10 @@ def _read_folder(name, config, train, data_dir) -> Source:
     path = config.data.get("path", None) if train else config.data.get("eval_path", None)
     path = path or config.data.get("path", None)
     if not path:
-        raise ValueError("data.dataset='folder' needs data.path (a directory of images).")
+        raise UsageError(
+            "data.dataset='folder' needs data.path (a directory of images)",
+            "pass --config.data.path=DIR",
+        )
     return image_folder.source(name, config, path)
 
 
@@ -96,7 +100,7 @@ def _lsun_preprocess(size: int):
 
 def _lsun_builder(category: str | None, image_size: int | None) -> str:
     if not category:
-        raise ValueError(
+        raise UsageError(
             "LSUN needs a category (data.category; prepare_data --category), e.g. 'bedroom' "
             "or 'church_outdoor' (any tfds lsun config)."
         )
@@ -172,7 +176,7 @@ def canonical_name(dataset: str) -> str:
     name = str(dataset).upper().replace("-", "").replace(" ", "")
     name = _ALIASES.get(name, name)
     if name not in DATASETS:
-        raise ValueError(
+        raise UsageError(
             f"Unknown dataset {dataset!r}; valid names (case-insensitive): "
             f"{', '.join(DATASETS)} (aliases: {', '.join(_ALIASES)})."
         )
@@ -193,7 +197,7 @@ def tfds_name(dataset: str, *, category: str | None = None, image_size: int | No
     """
     row = DATASETS[canonical_name(dataset)]
     if row.tfds is None:
-        raise ValueError(row.not_in_tfds)
+        raise UsageError(row.not_in_tfds)
     return row.tfds.builder_name(category, image_size)
 
 
@@ -206,7 +210,7 @@ def get_source(config, split: str = "train", data_dir: str | None = None) -> Sou
         or a missing tfrecords file / image folder.
     """
     if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
+        raise UsageError(f"split must be 'train' or 'eval', got {split!r}.")
     name = canonical_name(config.data.dataset)
     return DATASETS[name].read(name, config, split == "train", data_dir)
 

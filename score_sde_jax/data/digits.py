@@ -14,6 +14,7 @@ import numpy as np
 
 from score_sde_jax.data import preprocessing
 from score_sde_jax.data.source import Source, image_source
+from score_sde_jax.errors import UsageError
 
 NUM_EVAL = 180  # the held-out split: the last 10 %
 
@@ -52,7 +53,7 @@ def _resized(size: int, method: str) -> np.ndarray:
     elif method in preprocessing.RESIZE_METHODS:
         resized = np.stack([preprocessing.resize(x, size, size, method) for x in images])
     else:
-        raise ValueError(
+        raise UsageError(
             f"Unknown data.resize {method!r}; valid: 'pad', "
             f"{', '.join(preprocessing.RESIZE_METHODS)}."
         )

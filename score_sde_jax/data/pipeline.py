@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from score_sde_jax.data import datasets
+from score_sde_jax.errors import UsageError
 
 # A training stream has no end; grain needs a length, and 2**62 steps is unreachable.
 _INFINITE_STEPS = 2**62
@@ -27,7 +28,7 @@ def image_shape(config) -> tuple[int, ...]:
 def per_process_batch_size(global_batch_size: int, process_count: int, what: str) -> int:
     """``global_batch_size // process_count``; ValueError when it does not divide."""
     if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(
+        raise UsageError(
             f"{what}={global_batch_size} is the global batch size (over all processes); it must "
             f"be a positive multiple of the process count {process_count} so that each process "
             f"loads {what} / {process_count} examples per step."

@@ -7,6 +7,8 @@ Resizing re-implements ``tf.image.resize(..., antialias=True)`` with PIL and rou
 import numpy as np
 from PIL import Image
 
+from score_sde_jax.errors import DataError, UsageError
+
 RESIZE_METHODS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -26,7 +28,7 @@ def resize(image: np.ndarray, height: int, width: int, method: str = "bilinear")
     rounding, then ``clip(round(.), 0, 255)`` to uint8 (docs/original_code.md, D22).
     """
     if method not in RESIZE_METHODS:
-        raise ValueError(f"Unknown resize method {method!r}; valid: {', '.join(RESIZE_METHODS)}.")
+        raise UsageError(f"Unknown resize method {method!r}; valid: {', '.join(RESIZE_METHODS)}.")
     if image.shape[:2] == (height, width):
         return image
     channels = [
@@ -80,12 +82,12 @@ def match_channels(image: np.ndarray, num_channels: int, convert: bool, what: st
     if c == num_channels:
         return image
     if num_channels not in (1, 3):
-        raise ValueError(f"data.num_channels must be 1 or 3 for images, got {num_channels}.")
+        raise UsageError(f"data.num_channels must be 1 or 3 for images, got {num_channels}.")
     if not convert:
-        raise ValueError(
-            f"{what} has {c} channels but data.num_channels={num_channels}; set "
-            "data.convert_channels=True to convert (gray replicated, color to luma, alpha dropped) "
-            "or fix the data."
+        raise DataError(
+            f"{what} has {c} channels but data.num_channels={num_channels}",
+            "set --config.data.convert_channels=True to convert (gray replicated, color to luma, "
+            "alpha dropped) or fix the data",
         )
     color = image[..., :3] if c >= 3 else image[..., :1]
     if num_channels == 3:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 
 from score_sde_jax.data.source import Source, image_source
+from score_sde_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +50,12 @@ def source(name: str, dataset: TfdsDataset, config, train: bool, data_dir: str |
         arrays = tfds.data_source(builder, split=split, data_dir=data_dir, download=False)
     except (NotImplementedError, FileNotFoundError, AssertionError) as e:
         where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-        raise FileNotFoundError(
+        raise InputError(
             f"{name} (tfds '{builder}', split '{split}') is not prepared in array_record format "
-            f"under {where}. Prepare it with:\n  python -m score_sde_jax.prepare_data "
-            f"{builder} --data_dir {where}\n(and pass that directory as data_dir, "
-            "config.data.data_dir or $TFDS_DATA_DIR)."
+            f"under {where}",
+            f"prepare it with `python -m score_sde_jax.prepare_data {builder} --data_dir "
+            f"{where}` (and pass that directory as data_dir, config.data.data_dir or "
+            "$TFDS_DATA_DIR)",
         ) from e
 
     def read(i):

@@ -11,6 +11,7 @@ import weakref
 import numpy as np
 
 from score_sde_jax.data.source import Source, image_source
+from score_sde_jax.errors import DataError, InputError
 
 
 def tfrecord_offsets(path: str | os.PathLike) -> np.ndarray:
@@ -28,7 +29,7 @@ def tfrecord_offsets(path: str | os.PathLike) -> np.ndarray:
             length = int.from_bytes(header[:8], "little") if len(header) == 12 else -1
             end = position + 12 + length + 4
             if length < 0 or end > size:
-                raise ValueError(
+                raise DataError(
                     f"{path} is truncated or not an uncompressed TFRecord file "
                     f"(record {len(offsets)} at byte {position})."
                 )
@@ -111,14 +112,15 @@ def source(name: str, config, path: str) -> Source:
     """The images of a StyleGAN / PGGAN ``.tfrecords`` file; ``data.image_size`` must match it."""
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"data.tfrecords_path {path} does not exist; {name} is read from the StyleGAN "
-            "multi-resolution .tfrecords (e.g. ffhq-r08.tfrecords for 256 px, -r10 for 1024 px) "
-            "or from an image folder given as data.path."
+        raise InputError(
+            f"data.tfrecords_path {path} does not exist",
+            f"{name} is read from the StyleGAN multi-resolution .tfrecords (e.g. "
+            "ffhq-r08.tfrecords for 256 px, -r10 for 1024 px) or from an image folder given as "
+            "data.path",
         )
     offsets = tfrecord_offsets(path)
     if len(offsets) == 0:
-        raise ValueError(f"{path} holds no records.")
+        raise DataError(f"{path} holds no records.")
     fd = os.open(path, os.O_RDONLY)  # os.pread on one descriptor is thread-safe
 
     def read(i):
@@ -126,7 +128,7 @@ def source(name: str, config, path: str) -> Source:
         features = parse_tf_example(os.pread(fd, int(length), int(start)))
         shape = features.get("shape")
         if not shape or len(shape) != 3 or "data" not in features:
-            raise ValueError(f"{path} record {i} lacks the StyleGAN 'shape' / 'data' features.")
+            raise DataError(f"{path} record {i} lacks the StyleGAN 'shape' / 'data' features.")
         chw = np.frombuffer(features["data"][0], np.uint8).reshape(shape)
         return chw.transpose(1, 2, 0), 0
 
@@ -134,7 +136,7 @@ def source(name: str, config, path: str) -> Source:
 
     def check_size(image):
         if image.shape[:2] != (size, size):
-            raise ValueError(
+            raise DataError(
                 f"{path} holds {image.shape[0]} x {image.shape[1]} images but data.image_size="
                 f"{size}; StyleGAN .tfrecords keep one file per resolution (-r08: 256, -r10: 1024)."
             )

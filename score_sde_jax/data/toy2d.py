@@ -8,6 +8,7 @@ Labels are the mixture components.
 import numpy as np
 
 from score_sde_jax.data.source import Source
+from score_sde_jax.errors import UsageError
 
 
 def toy_mixture(config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -22,7 +23,7 @@ def toy_mixture(config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         means = np.stack([2 * np.cos(angles), 2 * np.sin(angles)], -1)
     means = np.asarray(means, np.float64)
     if means.ndim != 2:
-        raise ValueError(f"data.mixture_means must be [K, d], got shape {means.shape}.")
+        raise UsageError(f"data.mixture_means must be [K, d], got shape {means.shape}.")
     k, d = means.shape
     weights = data.get("mixture_weights", None)
     weights = np.ones(k) if weights is None else np.asarray(weights, np.float64)
@@ -33,7 +34,7 @@ def toy_mixture(config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         stds = np.broadcast_to(stds[..., None] if stds.ndim == 1 else stds, (k, d))
         covs = np.eye(d) * stds[:, None, :] ** 2  # diag(std_k²)
     if weights.shape != (k,) or covs.shape != (k, d, d) or np.any(weights < 0):
-        raise ValueError(
+        raise UsageError(
             f"Mixture shapes disagree: weights {weights.shape}, means {means.shape}, covs "
             f"{covs.shape}; expected non-negative [K], [K, d], [K, d, d]."
         )

@@ -10,6 +10,7 @@ import time
 from absl import logging
 
 from score_sde_jax import checkpoints
+from score_sde_jax.errors import InputError, UsageError
 
 
 def checkpoint_step(config, ckpt: int) -> int:
@@ -21,7 +22,7 @@ def checkpoint_indices(config) -> list[int]:
     """``range(eval.begin_ckpt, eval.end_ckpt + 1)``."""
     begin, end = int(config.eval.begin_ckpt), int(config.eval.end_ckpt)
     if begin < 1 or end < begin:
-        raise ValueError(
+        raise UsageError(
             f"Need 1 <= eval.begin_ckpt <= eval.end_ckpt, got begin_ckpt={begin}, end_ckpt={end}."
         )
     return list(range(begin, end + 1))
@@ -44,12 +45,12 @@ def find_checkpoint(config, workdir, ckpt: int, timeout: float = 0.0, poll: floa
         if location is not None:
             return location
         if time.time() >= deadline:
-            raise FileNotFoundError(
+            raise InputError(
                 f"Checkpoint {ckpt} not found: no step {step} (= {ckpt} x training.snapshot_freq "
                 f"{config.training.snapshot_freq}) among the steps {run.steps()} in "
-                f"{run.checkpoint_dir}, and no original file {run.original_file(ckpt)}. Check "
-                "eval.begin_ckpt / eval.end_ckpt, or pass --checkpoint_timeout to wait for a "
-                "running training job."
+                f"{run.checkpoint_dir}, and no original file {run.original_file(ckpt)}",
+                "check eval.begin_ckpt / eval.end_ckpt, or pass --checkpoint_timeout to wait for "
+                "a running training job",
             )
         logging.info("Waiting for checkpoint %d (step %d) in %s ...", ckpt, step, workdir)
         time.sleep(max(0.0, min(poll, deadline - time.time())))

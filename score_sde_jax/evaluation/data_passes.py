@@ -8,13 +8,14 @@ import numpy as np
 
 from score_sde_jax import distributed
 from score_sde_jax.data import pipeline
+from score_sde_jax.errors import UsageError
 
 
 def check_batch_size(config, mesh) -> None:
     """Raises ValueError unless ``eval.batch_size`` splits over the devices and processes."""
     batch_size, num_devices = int(config.eval.batch_size), mesh.devices.size
-    if batch_size % num_devices or batch_size % jax.process_count():
-        raise ValueError(
+    if batch_size <= 0 or batch_size % num_devices or batch_size % jax.process_count():
+        raise UsageError(
             f"eval.batch_size={batch_size} must be divisible by the number of devices "
             f"({num_devices}) and processes ({jax.process_count()})."
         )

@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from score_sde_jax.data import datasets
+from score_sde_jax.errors import DataError, InputError, UsageError
 from score_sde_jax.evaluation import inception, metrics
 from score_sde_jax.progress import bar
 
@@ -53,10 +54,10 @@ def source_batches(source, batch_size: int, num_threads: int = 8) -> Iterator[np
       num_threads: reader threads (decoding and resizing release the GIL).
     """
     if not source.is_image:
-        raise ValueError(f"{source.name} holds points, not images: it has no Inception statistics.")
+        raise UsageError(f"{source.name} holds points, not images: it has no Inception statistics.")
     channels = source.shape[-1]
     if channels not in (1, 3):
-        raise ValueError(f"{source.name} has {channels} channels; Inception needs 1 (gray) or 3.")
+        raise UsageError(f"{source.name} has {channels} channels; Inception needs 1 (gray) or 3.")
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
         for start in range(0, len(source), batch_size):
             indices = range(start, min(start + batch_size, len(source)))
@@ -132,9 +133,9 @@ def load_stats(path: str | os.PathLike) -> DatasetStats:
     """
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
-            f"No dataset statistics at {path}; compute them with "
-            "`python -m score_sde_jax.tools.stats --config=... --output=...`."
+        raise InputError(
+            f"No dataset statistics at {path}",
+            "compute them with `python -m score_sde_jax.tools.stats --config=... --output=...`",
         )
     with np.load(path) as npz:
         keys = set(npz.files)
@@ -144,11 +145,11 @@ def load_stats(path: str | os.PathLike) -> DatasetStats:
         elif pool_3 is not None:
             mu, sigma = metrics.feature_stats(pool_3)
         else:
-            raise ValueError(
+            raise DataError(
                 f"{path} has neither 'mu' and 'sigma' nor 'pool_3' (keys: {sorted(keys)})."
             )
     if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
-        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match.")
+        raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match.")
     if pool_3 is not None and (pool_3.ndim != 2 or pool_3.shape[1] != mu.shape[0]):
-        raise ValueError(f"{path}: pool_3 has shape {pool_3.shape}, expected [N, {mu.shape[0]}].")
+        raise DataError(f"{path}: pool_3 has shape {pool_3.shape}, expected [N, {mu.shape[0]}].")
     return DatasetStats(mu, sigma, pool_3)

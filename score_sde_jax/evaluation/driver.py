@@ -10,9 +10,10 @@ import os
 from collections.abc import Callable
 
 import jax
+from absl import logging
 from jax.experimental import multihost_utils
 
-from score_sde_jax import distributed
+from score_sde_jax import checkpoints, distributed, errors, outputs
 from score_sde_jax.evaluation import checkpoint_index, data_passes, protocol, report, sample_quality
 from score_sde_jax.evaluation.bits_per_dim import BitsPerDim
 from score_sde_jax.evaluation.held_out_loss import HeldOutLoss
@@ -55,28 +56,30 @@ def evaluate(
     Raises:
       FileNotFoundError: missing Inception weights / statistics (checked before any work), a
         missing checkpoint.
-      ValueError: inconsistent settings, or results of other settings in the eval folder.
+      ValueError: inconsistent settings, or results of other settings in the eval folder;
+        every checkpoint of the range damaged (`checkpoints.CorruptCheckpointError`; a damaged
+        one among intact ones is skipped with a warning).
     """
     mesh = distributed.create_mesh() if mesh is None else mesh
     spec = sample_quality.sampler_spec(config, sampler)
     ckpts = checkpoint_index.checkpoint_indices(config)
-    eval_dir = os.path.join(os.fspath(workdir), eval_folder)
+    eval_dir = outputs.check_dir(os.path.join(os.fspath(workdir), eval_folder), "--eval_folder")
     fid_options = (inception_weights_path, stats_path, inception_batch_size)
-    modes = _modes(config, mesh, spec, eval_dir, *fid_options)
+    with errors.config_values("the evaluation of the config"):
+        modes = _modes(config, mesh, spec, eval_dir, *fid_options)
     os.makedirs(eval_dir, exist_ok=True)
     sampling, bpd = modes.get("sampling"), modes.get("bpd")
     run_settings = protocol.settings(config, sampling.settings() if sampling else None)
     progress = Progress(eval_dir, run_settings, callback)
-    per_ckpt = {}
-    for k in ckpts:
-        location = checkpoint_index.find_checkpoint(config, workdir, k, timeout=checkpoint_timeout)
-        per_ckpt[k] = _evaluate_checkpoint(config, workdir, k, location, modes, progress, mesh)
+    per_ckpt = _evaluate_checkpoints(
+        config, workdir, ckpts, modes, progress, mesh, checkpoint_timeout
+    )
     seeds = {
         "eval_seed": protocol.eval_seed(config),
         "sample_seeds": sampling.seeds if sampling else [],
         "bpd_data_seeds": bpd.data_seeds if bpd else [],
     }
-    summary = report.summarize(per_ckpt, ckpts[-1], seeds)
+    summary = report.summarize(per_ckpt, max(per_ckpt), seeds)
     summary.update(
         sampler=spec.describe(),
         num_samples=sampling.num_samples if sampling else None,
@@ -107,6 +110,28 @@ def _modes(config, mesh, spec, eval_dir, inception_weights_path, stats_path, inc
             config, spec, fid, mesh, eval_dir, inception_batch_size
         )
     return modes
+
+
+def _evaluate_checkpoints(config, workdir, ckpts, modes, progress, mesh, timeout) -> dict:
+    """``{k: numbers}`` of the checkpoint indices ``ckpts``; damaged ones are skipped (with a
+    warning) unless all of them are."""
+    per_ckpt, damaged = {}, {}
+    for k in ckpts:
+        location = checkpoint_index.find_checkpoint(config, workdir, k, timeout=timeout)
+        try:
+            per_ckpt[k] = _evaluate_checkpoint(config, workdir, k, location, modes, progress, mesh)
+        except checkpoints.CorruptCheckpointError as e:
+            logging.warning("Skipping checkpoint %d (step %s): %s", k, location, e.message)
+            damaged[k] = e
+    if not per_ckpt:
+        intact = checkpoints.RunFolder(workdir).intact_steps()
+        raise checkpoints.CorruptCheckpointError(
+            f"Every checkpoint of eval.begin_ckpt..end_ckpt {ckpts} is damaged; the first: "
+            f"{next(iter(damaged.values())).message}",
+            f"intact checkpoints: steps {intact}; choose them with --config.eval.begin_ckpt and "
+            "end_ckpt (index = step / training.snapshot_freq)",
+        )
+    return per_ckpt
 
 
 def _evaluate_checkpoint(config, workdir, k, location, modes, progress, mesh) -> dict:

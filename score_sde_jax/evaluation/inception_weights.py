@@ -48,6 +48,7 @@ import numpy as np
 from absl import app, logging
 
 from score_sde_jax.checkpoints.torch_pickle import load_pth
+from score_sde_jax.errors import DataError, InputError, UserError
 from score_sde_jax.evaluation import inception
 
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -91,7 +92,7 @@ def resolve_weights_path(path: str | os.PathLike | None = None) -> pathlib.Path:
     """
     resolved = pathlib.Path(path).expanduser() if path else default_weights_path()
     if not resolved.is_file():
-        raise FileNotFoundError(
+        raise InputError(
             f"FID Inception weights not found at {resolved}. FID, KID and IS need the standard "
             f"FID Inception-v3 weights {WEIGHTS_FILENAME} (published at {WEIGHTS_URL}); this "
             "package never downloads them. Put the file at "
@@ -184,13 +185,13 @@ def _check_complete(flat: Mapping[tuple[str, tuple[str, ...]], np.ndarray], sour
     expected = _expected_shapes()
     extra = sorted(_describe(k) for k in flat if k not in expected)
     if extra:
-        raise ValueError(
+        raise DataError(
             f"{source} has {len(extra)} entries that are not FID Inception-v3 weights, e.g. "
             f"{extra[:5]}."
         )
     missing = [flax_to_torch_name(*k) for k in expected if k not in flat]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{source} lacks {len(missing)} FID Inception weights, e.g. {missing[:5]}: it is not "
             f"the FID Inception-v3 ({WEIGHTS_FILENAME})."
         )
@@ -201,7 +202,7 @@ def _check_complete(flat: Mapping[tuple[str, tuple[str, ...]], np.ndarray], sour
         if flat[k].shape != shape
     ]
     if wrong:
-        raise ValueError(f"{source} has weights of the wrong shape (PyTorch layout): {wrong[:5]}.")
+        raise DataError(f"{source} has weights of the wrong shape (PyTorch layout): {wrong[:5]}.")
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], source: str = "state dict") -> dict:
@@ -219,7 +220,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], source: str = "stat
       ValueError: unknown, missing or misshapen entries (the file is some other network).
     """
     if any(name.startswith("blocks.") for name in state_dict):
-        raise ValueError(
+        raise DataError(
             f"{source} is a state dict of pytorch-fid's InceptionV3 wrapper (names 'blocks.*'), "
             f"which has no 'fc' classifier (no logits / Inception Score). Use the Inception3 "
             f"weight file {WEIGHTS_FILENAME} instead."
@@ -238,13 +239,13 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], source: str = "stat
         axes = _TO_FLAX_AXES.get(_torch_leaf(name))
         if axes is not None:
             if value.ndim != len(axes):
-                raise ValueError(
+                raise DataError(
                     f"{source}: {name} has shape {value.shape}, expected rank {len(axes)}."
                 )
             value = np.ascontiguousarray(value.transpose(axes))
         flat[target] = value
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"{source} has {len(unknown)} entries that are not FID Inception-v3 weights, e.g. "
             f"{unknown[:5]}."
         )
@@ -260,7 +261,7 @@ def _find_state_dict(obj, source: str) -> Mapping[str, np.ndarray]:
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
                 return _find_state_dict(obj[key], source)
-    raise ValueError(f"{source} does not contain a PyTorch state dict of the FID Inception-v3.")
+    raise DataError(f"{source} does not contain a PyTorch state dict of the FID Inception-v3.")
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -294,7 +295,7 @@ def _load_pth(path: pathlib.Path) -> tuple[dict, str]:
 def _load_npz(path: pathlib.Path) -> dict:
     with np.load(path) as npz:
         if str(npz.get("__format__", "")) != NPZ_FORMAT:
-            raise ValueError(
+            raise DataError(
                 f"{path} is not a converted FID Inception file (no __format__ == {NPZ_FORMAT!r}); "
                 "convert the .pth with `python -m score_sde_jax.evaluation.inception_weights`."
             )
@@ -351,7 +352,7 @@ def main(argv):
         )
     try:
         convert(argv[1], argv[2])
-    except FileNotFoundError as error:
+    except UserError as error:
         sys.exit(f"error: {error}")
     logging.info("Wrote %s", argv[2])
 

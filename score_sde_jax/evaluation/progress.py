@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from score_sde_jax.errors import UsageError
+
 PROGRESS_FILE = "progress.json"
 _PROGRESS_VERSION = 1
 
@@ -71,10 +73,10 @@ class Progress:
             # A group absent on one side (e.g. sampling enabled only now) does not conflict.
             for group, value in stored.get("settings", {}).items():
                 if group in run_settings and run_settings[group] != value:
-                    raise ValueError(
+                    raise UsageError(
                         f"{eval_dir} holds evaluation results made with different settings "
-                        f"({_first_difference(value, run_settings[group], group + '.')}); pass "
-                        "another --eval_folder or delete that folder."
+                        f"({_first_difference(value, run_settings[group], group + '.')})",
+                        "pass another --eval_folder or delete that folder",
                     )
                 self.settings.setdefault(group, value)
             self.done = stored.get("done", {})

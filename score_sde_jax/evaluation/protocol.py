@@ -8,6 +8,8 @@ import json
 
 import jax
 
+from score_sde_jax.errors import UsageError
+
 LOSS_STREAM, BPD_STREAM = 0, 1
 # Eval keys that select what to run, not what the results are: changing them keeps the folder.
 _SCHEDULING_KEYS = ("begin_ckpt", "end_ckpt", "enable_loss", "enable_bpd", "enable_sampling")
@@ -43,7 +45,7 @@ def bpd_num_repeats(config) -> int:
     if repeats is None:
         return 5 if bpd_split(config) == "eval" else 1
     if int(repeats) < 1:
-        raise ValueError(f"eval.bpd_num_repeats must be >= 1, got {repeats}.")
+        raise UsageError(f"eval.bpd_num_repeats must be >= 1, got {repeats}.")
     return int(repeats)
 
 
@@ -51,7 +53,7 @@ def bpd_split(config) -> str:
     """The input-pipeline split of ``eval.bpd_dataset``: 'test' -> 'eval', 'train' -> 'train'."""
     name = str(config.eval.get("bpd_dataset", "test")).lower()
     if name not in ("test", "train"):
-        raise ValueError(f"eval.bpd_dataset={name!r}; valid choices: 'test', 'train'.")
+        raise UsageError(f"eval.bpd_dataset={name!r}; valid choices: 'test', 'train'.")
     return "eval" if name == "test" else "train"
 
 
@@ -62,7 +64,7 @@ def sample_seeds(config) -> list[int]:
         return [eval_seed(config)]
     seeds = [int(seeds)] if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"eval.sample_seeds must be distinct integers, got {seeds}.")
+        raise UsageError(f"eval.sample_seeds must be distinct integers, got {seeds}.")
     return seeds
 
 

@@ -16,6 +16,7 @@ from absl import logging
 
 from score_sde_jax import distributed
 from score_sde_jax.data import datasets
+from score_sde_jax.errors import InputError, UsageError
 from score_sde_jax.evaluation import dataset_stats, inception, inception_weights, metrics, protocol
 from score_sde_jax.evaluation.progress import Progress, save_npz
 from score_sde_jax.progress import bar
@@ -39,7 +40,7 @@ def resolve_fid_resources(config, inception_weights_path=None, stats_path=None) 
       ValueError: the data are not images.
     """
     if not datasets.is_image(config):
-        raise ValueError(
+        raise UsageError(
             "eval.enable_sampling computes FID / IS / KID, which need images; "
             f"{datasets.canonical_name(config.data.dataset)} data are points. "
             "Set --config.eval.enable_sampling=False."
@@ -51,10 +52,10 @@ def resolve_fid_resources(config, inception_weights_path=None, stats_path=None) 
     if not stats_path:
         stats_path = os.path.join("assets", "stats", dataset_stats.stats_filename(config))
     if not os.path.isfile(stats_path):
-        raise FileNotFoundError(
-            f"No dataset statistics at {stats_path}; compute them with `python -m "
-            f"score_sde_jax.tools.stats --config=... --output={stats_path}` or pass "
-            "--stats=PATH (eval.stats_path)."
+        raise InputError(
+            f"No dataset statistics at {stats_path}",
+            f"compute them with `python -m score_sde_jax.tools.stats --config=... "
+            f"--output={stats_path}` or pass --stats=PATH (eval.stats_path)",
         )
     return FIDResources(str(weights), str(stats_path))
 

@@ -21,7 +21,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import checkpoints, distributed, models, progress
+from score_sde_jax import checkpoints, distributed, errors, models, outputs, progress
 from score_sde_jax.data import datasets, image_io, pipeline
 from score_sde_jax.sampling import registry
 from score_sde_jax.sampling.common import prior_sample
@@ -44,7 +44,8 @@ def get_sample_fn(config, spec: registry.SamplerSpec, batch_size: int):
     evaluations each sample took.
     """
     shape = (batch_size, *pipeline.image_shape(config))
-    model_fn = models.get_model_fn(models.get_model(config))
+    with errors.config_values("the network of the config"):
+        model_fn = models.get_model_fn(models.get_model(config))
     sampler = registry.get_sampler(config, model_fn, shape, spec)
     sde = registry.get_sde(config, spec)
 
@@ -79,7 +80,7 @@ class Generator:
         self.mesh = distributed.create_mesh() if mesh is None else mesh
         num_devices = self.mesh.devices.size
         if batch_size <= 0 or batch_size % num_devices:
-            raise ValueError(
+            raise errors.UsageError(
                 f"The sampling batch size {batch_size} must be a positive multiple of the number "
                 f"of devices ({num_devices})."
             )
@@ -239,22 +240,29 @@ def sample_to_file(
       The path of the ``.npz`` (written by process 0).
 
     Raises:
-      ValueError / FileNotFoundError: bad arguments, nothing to load (clear messages).
+      errors.UserError: bad arguments, nothing to load, an output that cannot be written; all
+        checked before sampling.
     """
     if workdir is None and output is None:
-        raise ValueError("Pass --workdir or --output (where to write the samples).")
+        raise errors.UsageError(
+            "Nowhere to write the samples", "pass --workdir or --output (a .npz file)"
+        )
     if num_samples < 1:
-        raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
-    config = checkpoints.resolve_config(config, workdir, checkpoint)
+        raise errors.UsageError(f"--num_samples must be >= 1, got {num_samples}.")
+    location = checkpoints.locate_checkpoint(workdir, checkpoint)  # the newest intact by default
+    config = checkpoints.resolve_config(config, workdir, location)
     mesh = distributed.create_mesh() if mesh is None else mesh
     spec = spec or registry.SamplerSpec()
     if spec.name is None:
         spec = dataclasses.replace(spec, name=str(config.sampling.method).lower())
     batch_size = batch_size or default_batch_size(config, num_samples, mesh.devices.size)
-    loaded = checkpoints.load_checkpoint_params(
-        config, workdir=workdir, checkpoint=checkpoint, mesh=mesh
-    )
+    tag = checkpoints.checkpoint_tag(location)
+    output = output or os.path.join(workdir, "samples", f"{tag}_{spec.name}_seed{seed}.npz")
+    outputs.check_file(output, "--output")
     generator = Generator(config, spec, batch_size, mesh)
+    loaded = checkpoints.load_checkpoint_params(
+        config, workdir=workdir, checkpoint=location, mesh=mesh
+    )
     logging.info(
         "Sampling %d from %s (%s checkpoint, step %s) with %s, seed %d, batch %d on %d devices "
         "/ %d processes.",
@@ -269,7 +277,6 @@ def sample_to_file(
         jax.process_count(),
     )
     samples, nfe = generate(generator, loaded.params, seed=seed, num_samples=num_samples)
-    output = output or os.path.join(workdir, "samples", f"{loaded.tag}_{spec.name}_seed{seed}.npz")
     if jax.process_index() == 0:
         metadata = {
             "checkpoint": loaded.path,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import ml_collections
 from absl import flags
 
-from score_sde_jax import score_fns, sde_lib
+from score_sde_jax import errors, score_fns, sde_lib
 from score_sde_jax.sampling import few_step, ode, pc
 
 
@@ -133,13 +133,15 @@ def _resolve(config, spec: SamplerSpec | None):
     spec = spec or SamplerSpec()
     name = str(spec.name or config.sampling.method).lower()
     if name not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {name!r}; valid names: {list(SAMPLERS)}.")
+        raise errors.UsageError(f"Unknown sampler {name!r}; valid names: {list(SAMPLERS)}.")
     entry = SAMPLERS[name]
     if entry.needs_num_steps and spec.num_steps is None:
-        raise ValueError(f"--sampler={name} needs --num_steps (e.g. 18 for heun, 20 for dpm).")
+        raise errors.UsageError(
+            f"--sampler={name} needs --num_steps", "e.g. --num_steps=18 for heun, 20 for dpm"
+        )
     if spec.reproduce_original and not entry.has_original_mode:
         original = _names(lambda e: e.has_original_mode)
-        raise ValueError(f"--reproduce_original applies to --sampler={original} only.")
+        raise errors.UsageError(f"--reproduce_original applies to --sampler={original} only.")
     return dataclasses.replace(spec, name=name), entry
 
 
@@ -148,7 +150,7 @@ def _sampling_config(config, spec: SamplerSpec, entry: SamplerEntry):
     if not entry.discrete_levels or spec.num_steps is None:
         return config
     if not config.training.continuous:
-        raise ValueError(
+        raise errors.UsageError(
             f"--num_steps changes the {spec.name.upper()} sampler's noise levels, which a "
             "discrete-time model (training.continuous=False) was trained on; keep N = "
             f"{config.model.num_scales} or use "
@@ -174,7 +176,8 @@ def continuous_time_score_fn(config, sde, model_fn):
 def get_sde(config, spec: SamplerSpec | None = None) -> sde_lib.SDE:
     """The SDE that the sampler of ``spec`` runs (its N set by ``num_steps`` for 'pc')."""
     spec, entry = _resolve(config, spec)
-    return sde_lib.get_sde(_sampling_config(config, spec, entry))
+    with errors.config_values("the SDE of the config"):
+        return sde_lib.get_sde(_sampling_config(config, spec, entry))
 
 
 def get_sampler(config, model_fn, shape, spec: SamplerSpec | None = None):
@@ -192,18 +195,20 @@ def get_sampler(config, model_fn, shape, spec: SamplerSpec | None = None):
       optional prior sample, ``x`` in model space and ``nfe`` the score evaluations per sample.
 
     Raises:
-      ValueError: unknown sampler (valid names listed), missing ``num_steps``, DPM-Solver on a
-        VE SDE, ...
+      errors.UsageError (a ValueError): unknown sampler (valid names listed), missing
+        ``num_steps``, DPM-Solver on a VE SDE, ... (the samplers check their options with
+        ValueError; all of them are settings of the user).
     """
     spec, entry = _resolve(config, spec)
     config = _sampling_config(config, spec, entry)
-    sde = sde_lib.get_sde(config)
-    if entry.discrete_levels:
-        score_fn = score_fns.get_score_fn(sde, model_fn, continuous=config.training.continuous)
-    else:
-        score_fn = continuous_time_score_fn(config, sde, model_fn)
-    eps = sde_lib.get_sampling_eps(config)
-    return entry.build(sde, score_fn, tuple(shape), spec, eps, config.sampling)
+    with errors.config_values(f"the {spec.name!r} sampler"):
+        sde = sde_lib.get_sde(config)
+        if entry.discrete_levels:
+            score_fn = score_fns.get_score_fn(sde, model_fn, continuous=config.training.continuous)
+        else:
+            score_fn = continuous_time_score_fn(config, sde, model_fn)
+        eps = sde_lib.get_sampling_eps(config)
+        return entry.build(sde, score_fn, tuple(shape), spec, eps, config.sampling)
 
 
 def define_flags() -> None:

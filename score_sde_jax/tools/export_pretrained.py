@@ -1,6 +1,7 @@
 """Exports a finished training run as an embedded pretrained model (docs/pretrained.md).
 
 ``python -m score_sde_jax.tools.export_pretrained --workdir RUN --name NAME --made_by "COMMAND"``
+(console script ``score-sde-export-pretrained``; exit codes: docs/commands.md)
 
 writes ``NAME.msgpack`` (the newest checkpoint's EMA parameters, float16) and ``NAME.json`` (the
 run's config, the step and ``--made_by``) into ``--out`` (default: the package's
@@ -10,9 +11,9 @@ run's config, the step and ``--made_by``) into ``--out`` (default: the package's
 import os
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 
-from score_sde_jax import checkpoints, distributed, pretrained, training
+from score_sde_jax import checkpoints, commands, distributed, outputs, pretrained, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run (score model or classifier).")
@@ -35,13 +36,17 @@ def ema_params(workdir):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv
+    outputs.check_dir(FLAGS.out, "--out")
     config, params, step = ema_params(FLAGS.workdir)
     info = {"step": step, "made_by": list(FLAGS.made_by)}
     paths = checkpoints.save_pretrained(FLAGS.out, FLAGS.name, config, params, info)
     logging.info("Wrote %s (step %d).", ", ".join(map(str, paths)), step)
 
 
+def main_cli():
+    commands.run(main)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    main_cli()

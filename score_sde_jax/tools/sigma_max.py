@@ -10,11 +10,13 @@ data; the original's README gives this advice for VE on new data (docs/configs.m
 are measured in the model space of the config ([0, 1] images, or [-1, 1] if ``data.centered``;
 VE configs are uncentered), without flips or dequantization. On a random subsample the result is
 a lower bound of the full-data maximum (it uses every example when ``num_samples`` covers them).
+Console script ``score-sde-sigma-max``; exit codes: docs/commands.md.
 """
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from score_sde_jax import commands
 from score_sde_jax.data import datasets, pipeline
 
 
@@ -69,9 +71,7 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Training configuration.", lock_config=True)
+    commands.define_config_flag(None, "Training config (name or file).")
     flags.DEFINE_integer("num_samples", 5000, "Training examples in the subsample.")
     flags.DEFINE_integer("seed", 0, "Seed of the subsample.")
     flags.DEFINE_string("data_dir", None, "tfds data directory (default config.data.data_dir).")
@@ -79,8 +79,7 @@ def _define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv
     config = FLAGS.config
     result = estimate_sigma_max(config, FLAGS.num_samples, FLAGS.seed, FLAGS.data_dir)
     current = config.model.get("sigma_max", None) if "model" in config else None
@@ -92,6 +91,10 @@ def main(argv):
     )
 
 
-if __name__ == "__main__":
+def main_cli():
     _define_flags()
-    app.run(main)
+    commands.run(main)
+
+
+if __name__ == "__main__":
+    main_cli()

@@ -6,20 +6,19 @@
 
 Runs the FID Inception-v3 over every image of the split and writes ``pool_3``, ``mu``, ``sigma``
 and ``num_images`` (`score_sde_jax.evaluation.dataset_stats`; docs/evaluation.md#dataset-statistics).
+Console script ``score-sde-stats``; exit codes: docs/commands.md.
 """
 
-import sys
+from absl import flags, logging
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
+from score_sde_jax import commands, outputs
 from score_sde_jax.evaluation import dataset_stats, inception, inception_weights
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    config_flags.DEFINE_config_file("config", None, "Training configuration.", lock_config=True)
+    commands.define_config_flag(None, "Training config (name or file).")
     flags.DEFINE_string(
         "output",
         None,
@@ -44,15 +43,11 @@ def _define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv
     config = FLAGS.config
-    output = FLAGS.output or dataset_stats.stats_filename(config)
-    # Fail on a missing weight file before touching the dataset, with the message alone.
-    try:
-        variables = inception_weights.load_inception_params(FLAGS.inception_weights)
-    except FileNotFoundError as error:
-        sys.exit(f"error: {error}")
+    output = outputs.check_file(FLAGS.output or dataset_stats.stats_filename(config), "--output")
+    # Fail on a missing weight file before touching the dataset.
+    variables = inception_weights.load_inception_params(FLAGS.inception_weights)
     inception_fn = inception.make_inception_fn(variables)
     pool_3 = dataset_stats.compute_dataset_pool3(
         config,
@@ -65,6 +60,10 @@ def main(argv):
     logging.info("Wrote statistics of %d images to %s", len(pool_3), output)
 
 
-if __name__ == "__main__":
+def main_cli():
     _define_flags()
-    app.run(main)
+    commands.run(main)
+
+
+if __name__ == "__main__":
+    main_cli()

@@ -29,6 +29,7 @@ from score_sde_jax.training.optimizer import (
     create_optimizer,
 )
 from score_sde_jax.training.score_model import (
+    ScoreModel,
     create_loss_fn,
     create_train_state,
     eval_step,
@@ -39,6 +40,7 @@ from score_sde_jax.training.step import image_loss, train_step, train_steps
 
 __all__ = [
     "NonFiniteLossError",
+    "ScoreModel",
     "TrainLog",
     "TrainState",
     "apply_update",

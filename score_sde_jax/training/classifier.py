@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from score_sde_jax import checkpoints
 from score_sde_jax.data import datasets, image_folder, pipeline
+from score_sde_jax.errors import DataError, InputError, UsageError
 from score_sde_jax.models import wideresnet
 from score_sde_jax.training import loop
 from score_sde_jax.training.optimizer import create_optimizer
@@ -65,7 +66,7 @@ def dataset_num_classes(config) -> int:
     """Number of classes of ``config.data.dataset``.
 
     Raises:
-      ValueError: unknown dataset, or one without class labels (the message names those with).
+      UsageError: unknown dataset, or one without class labels (the message names those with).
       FileNotFoundError: a ``FOLDER`` dataset whose folder does not exist.
     """
     name = datasets.canonical_name(config.data.dataset)
@@ -82,24 +83,24 @@ def dataset_num_classes(config) -> int:
                 names = {f.relative_to(root).parts[0] for f in files} if labels.any() else ()
                 classes[key] = sorted(names)
         if not classes or any(len(names) < 2 for names in classes.values()):
-            raise ValueError(
+            raise UsageError(
                 "A FOLDER dataset for the classifier needs data.path (and optionally "
                 "data.eval_path) holding one subdirectory of images per class, at least two."
             )
         if len(set(map(tuple, classes.values()))) > 1:
-            raise ValueError(
+            raise UsageError(
                 f"data.path has the classes {classes['path']} but data.eval_path has "
                 f"{classes['eval_path']}; both must hold the same class subdirectories."
             )
         return len(classes["path"])
-    raise ValueError(
+    raise UsageError(
         f"data.dataset={config.data.dataset!r} has no class labels to train a classifier on; "
         f"use one of {', '.join(n for n, d in datasets.DATASETS.items() if d.num_classes)} or FOLDER (one subdirectory per class)."
     )
 
 
 def validate_config(config, num_devices: int, num_processes: int) -> None:
-    """Raises ValueError for settings the classifier loop cannot run.
+    """Raises `UsageError` (a ValueError) for settings the classifier loop cannot run.
 
     On top of `loop.validate_config` (batch sizes, step frequencies, Adam): the dataset has
     ``classifier.num_classes`` classes, 0 < σ_min < σ_max, channel statistics match the images,
@@ -107,35 +108,35 @@ def validate_config(config, num_devices: int, num_processes: int) -> None:
     accumulation (not implemented here).
     """
     if "classifier" not in config:
-        raise ValueError(
+        raise UsageError(
             "The config has no 'classifier' section: it is not a classifier config. Use "
             "configs/classifier_digits.py or configs/classifier/*.py."
         )
     loop.validate_config(config, num_devices, num_processes)
     c = config.classifier
     if config.training.get("grad_accum_steps", 1) != 1:
-        raise ValueError("training.grad_accum_steps must be 1 for the classifier.")
+        raise UsageError("training.grad_accum_steps must be 1 for the classifier.")
     num_classes = dataset_num_classes(config)
     if c.num_classes != num_classes:
-        raise ValueError(
+        raise UsageError(
             f"classifier.num_classes={c.num_classes} but data.dataset={config.data.dataset!r} "
             f"has {num_classes} classes; set --config.classifier.num_classes={num_classes}."
         )
     if not 0 < c.sigma_min < c.sigma_max:
-        raise ValueError(
+        raise UsageError(
             f"Need 0 < classifier.sigma_min < classifier.sigma_max, got {c.sigma_min} and "
             f"{c.sigma_max}."
         )
     if c.num_eval_bands < 1:
-        raise ValueError(f"classifier.num_eval_bands={c.num_eval_bands} must be >= 1.")
+        raise UsageError(f"classifier.num_eval_bands={c.num_eval_bands} must be >= 1.")
     channels = config.data.num_channels
     if len(c.data_mean) != channels or len(c.data_std) != channels or min(c.data_std) <= 0:
-        raise ValueError(
+        raise UsageError(
             f"classifier.data_mean / data_std must hold {channels} values (one per channel of "
             f"data.num_channels), the std ones positive; got {c.data_mean} / {c.data_std}."
         )
     if config.data.image_size % 4:
-        raise ValueError(
+        raise UsageError(
             f"data.image_size={config.data.image_size} must be a multiple of 4 (the WRN "
             "downsamples twice by 2)."
         )
@@ -293,9 +294,7 @@ def restore_params(config, workdir: str):
     """
     run = checkpoints.RunFolder(workdir)
     if not run.steps():
-        raise FileNotFoundError(
-            f"No classifier checkpoints in {run.checkpoint_dir}; train one first."
-        )
+        raise InputError(f"No classifier checkpoints in {run.checkpoint_dir}", "train one first")
     classifier = create_classifier(config)
     optimizer = create_optimizer(config)
     rng = np.asarray(jax.random.PRNGKey(0))
@@ -306,9 +305,7 @@ def restore_params(config, workdir: str):
     with run.manager() as ckpt:
         restored = ckpt.restore_latest(abstract, rng)
     if restored is None:
-        raise FileNotFoundError(
-            f"No classifier checkpoints in {run.checkpoint_dir}; train one first."
-        )
+        raise InputError(f"No classifier checkpoints in {run.checkpoint_dir}", "train one first")
     state, _, step = restored
     return state.ema_params, step
 
@@ -366,12 +363,12 @@ class Classifier:
         return init_params(self.classifier, rng, pipeline.image_shape(self.config))
 
     def next_batches(self, num: int) -> dict[str, np.ndarray]:
-        """Raises ValueError for a label outside [0, classifier.num_classes)."""
+        """Raises `DataError` for a label outside [0, classifier.num_classes)."""
         local = [next(self.train_iter) for _ in range(num)]
         labels = np.stack([b["label"] for b in local]).astype(np.int32)
         num_classes = self.config.classifier.num_classes
         if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(
+            raise DataError(
                 f"The data hold label {labels.max()} (or {labels.min()}), outside "
                 f"[0, classifier.num_classes={num_classes})."
             )

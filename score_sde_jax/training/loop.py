@@ -19,12 +19,11 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers, parameter_overview
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import checkpoints, distributed
+from score_sde_jax import checkpoints, distributed, errors, outputs
 from score_sde_jax.training.optimizer import create_learning_rate_fn, create_optimizer
 from score_sde_jax.training.state import TrainState
 from score_sde_jax.training.step import train_steps
@@ -38,7 +37,7 @@ _CPU_MAX_PARAMS = 5_000_000
 _CPU_PAPER_IMAGE_SIZE = 32
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
     """Training stopped because the loss became NaN or infinite."""
 
 
@@ -89,38 +88,57 @@ class Task(Protocol):
 
 
 def validate_config(config, num_devices: int, num_processes: int) -> None:
-    """Raises ValueError for settings the sharded loop cannot run.
+    """Raises `errors.UsageError` (a ValueError) for settings the sharded loop cannot run.
 
-    Checks that the global batch splits evenly over devices, processes and accumulation
-    micro-batches, that the step frequencies are multiples of ``n_jitted_steps`` and that the
-    optimizer is Adam.
+    Checks that there is a step to run, that the global batch is positive and splits evenly over
+    devices, processes and accumulation micro-batches, that the step frequencies are multiples of
+    ``n_jitted_steps`` and that the optimizer is Adam.
     """
     t = config.training
     accum = t.get("grad_accum_steps", 1)
+    if t.n_iters < 1:
+        raise errors.UsageError(
+            f"training.n_iters={t.n_iters} must be >= 1", "pass --config.training.n_iters=N, N >= 1"
+        )
     if t.n_jitted_steps < 1 or accum < 1:
-        raise ValueError("training.n_jitted_steps and training.grad_accum_steps must be >= 1.")
+        raise errors.UsageError(
+            f"training.n_jitted_steps={t.n_jitted_steps} and training.grad_accum_steps={accum} "
+            "must be >= 1",
+            "set them to 1 or more",
+        )
     for name in _STEP_FREQUENCIES:
         if t[name] <= 0 or t[name] % t.n_jitted_steps:
-            raise ValueError(
+            raise errors.UsageError(
                 f"training.{name}={t[name]} must be a positive multiple of "
-                f"training.n_jitted_steps={t.n_jitted_steps}."
+                f"training.n_jitted_steps={t.n_jitted_steps}",
+                f"pass --config.training.{name}=k*{t.n_jitted_steps}",
             )
     for key, size in (
         ("training.batch_size", t.batch_size),
         ("eval.batch_size", config.eval.batch_size),
     ):
+        multiple = math.lcm(num_devices, num_processes)
+        if size <= 0:
+            raise errors.UsageError(
+                f"{key}={size} must be positive", f"pass --config.{key}=k*{multiple}"
+            )
         if size % num_devices or size % num_processes:
-            raise ValueError(
+            raise errors.UsageError(
                 f"{key}={size} must be divisible by the number of devices ({num_devices}) and "
-                f"processes ({num_processes})."
+                f"processes ({num_processes})",
+                f"pass --config.{key}=k*{multiple}",
             )
     if (t.batch_size // num_devices) % accum:
-        raise ValueError(
+        raise errors.UsageError(
             f"The per-device batch {t.batch_size // num_devices} must be divisible by "
-            f"training.grad_accum_steps={accum}."
+            f"training.grad_accum_steps={accum}",
+            "change training.batch_size or training.grad_accum_steps",
         )
     if config.optim.optimizer.lower() != "adam":
-        raise ValueError(f"optim.optimizer={config.optim.optimizer!r}; only 'Adam' is supported.")
+        raise errors.UsageError(
+            f"optim.optimizer={config.optim.optimizer!r}: only 'Adam' is supported",
+            "pass --config.optim.optimizer=Adam",
+        )
 
 
 def cpu_warning(config, num_params: int, platform: str) -> str | None:
@@ -166,30 +184,33 @@ def train(task_type, config, workdir: str, mesh: jax.sharding.Mesh | None = None
       The final `TrainState` (replicated over ``mesh``).
 
     Raises:
-      ValueError: a config the task cannot train.
+      ValueError: a config the task cannot train (`errors.UsageError`), data that cannot be read
+        (`errors.DataError`), a run folder holding another network's checkpoints
+        (`checkpoints.CheckpointMismatchError`); all of them before anything is compiled.
       NonFiniteLossError: the training loss became NaN/inf; no checkpoint after it is written.
     """
     t = config.training
     mesh = distributed.create_mesh() if mesh is None else mesh
     task_type.validate_config(config, mesh.devices.size, jax.process_count())
-    os.makedirs(workdir, exist_ok=True)
-    writer = metric_writers.create_default_writer(
-        os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() != 0
-    )
+    os.makedirs(outputs.check_dir(workdir, "--workdir"), exist_ok=True)
+    writer = _LazyWriter(workdir)
     try:
-        task = task_type(config, mesh, workdir, writer)
+        with errors.config_values(f"building the {task_type.__name__} of the config"):
+            task = task_type(config, mesh, workdir, writer)
         optimizer = create_optimizer(config)
         # The base key lives on the host: every key is derived from it inside jitted functions,
         # so it must not be committed to one device.
         rng = np.asarray(jax.random.PRNGKey(config.seed))
-        state = _initial_state(task, optimizer, jax.random.fold_in(rng, 0), mesh)
+        init_rng = jax.random.fold_in(rng, 0)
+        run = checkpoints.RunFolder(workdir)
+        if run.steps():  # resuming: the saved state must fit before anything is compiled
+            run.check_resumable(jax.eval_shape(_init_fn(task, optimizer), init_rng), rng, config)
+        state = _initial_state(task, optimizer, init_rng, mesh)
         num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
         warning = cpu_warning(config, num_params, mesh.devices.flat[0].platform)
         if warning:  # before the train step compiles
             logging.warning(warning)
-        with checkpoints.RunFolder(workdir).manager(
-            max_to_keep=t.get("max_to_keep", 2), keep_period=t.snapshot_freq
-        ) as ckpt:
+        with run.manager(max_to_keep=t.get("max_to_keep", 2), keep_period=t.snapshot_freq) as ckpt:
             try:
                 state, rng, step, resumed = _restore(ckpt, config, task, state, rng, writer)
                 return _loop(
@@ -210,12 +231,36 @@ def train(task_type, config, workdir: str, mesh: jax.sharding.Mesh | None = None
         writer.flush()
 
 
+class _LazyWriter:
+    """The clu TensorBoard writer of ``<workdir>/tensorboard`` (only process 0 writes files),
+    created when first written to: a run refused before its first step (e.g. resumed with another
+    network's config) leaves the run folder as it was, and TensorFlow is imported only then."""
+
+    def __init__(self, workdir: str):
+        self._workdir, self._writer = workdir, None
+
+    def __getattr__(self, name):
+        if self._writer is None:
+            from clu import metric_writers  # noqa: PLC0415 (imports TensorFlow)
+
+            self._writer = metric_writers.create_default_writer(
+                os.path.join(self._workdir, "tensorboard"), just_logging=jax.process_index() != 0
+            )
+        return getattr(self._writer, name)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+
+def _init_fn(task, optimizer):
+    """``init(rng) -> TrainState`` with the task's initial parameters."""
+    return lambda rng: TrainState.create(task.init_params(rng), optimizer)
+
+
 def _initial_state(task, optimizer, rng, mesh) -> TrainState:
     """The task's initial parameters in a new `TrainState`, replicated over ``mesh``."""
-
-    def init(rng):
-        return TrainState.create(task.init_params(rng), optimizer)
-
+    init = _init_fn(task, optimizer)
     replicated = NamedSharding(mesh, P())
     if task.optimize_init:
         return jax.jit(init, out_shardings=replicated)(rng)
@@ -229,6 +274,8 @@ def _restore(ckpt, config, task, state, rng, writer):
     """
     restored = ckpt.restore_latest(state, rng, iterators=task.iterators)
     if restored is None:
+        from clu import parameter_overview  # noqa: PLC0415 (only a new run prints it)
+
         if jax.process_index() == 0:
             parameter_overview.log_parameter_overview(state.params, include_stats=False)
         writer.write_hparams(_flat_hparams(config))
@@ -376,7 +423,11 @@ class _Metrics:
                     f"{self._ckpt.all_steps()} (all finite)."
                 )
                 logging.error(message)
-                raise NonFiniteLossError(message)
+                raise NonFiniteLossError(
+                    message,
+                    "lower optim.lr or raise optim.warmup (or check the data), then rerun: "
+                    "training resumes from the last checkpoint",
+                )
             self._window.append(metrics)
 
     def take(self) -> dict[str, np.ndarray]:

@@ -120,7 +120,8 @@ class ScoreModel:
             in_shardings=(self.replicated, self.split, self.replicated),
             out_shardings=self.replicated,
         )
-        self._sampler = None  # built at the first snapshot
+        # Built now, so that a bad sampling setting stops the run before it starts.
+        self._sampler = self._create_sampler() if config.training.snapshot_sampling else None
 
     def init_params(self, rng):
         return init_params(self.config, self.model, rng)
@@ -136,10 +137,8 @@ class ScoreModel:
         self.writer.write_scalars(step, {"eval_loss": float(loss["loss"])})
 
     def snapshot(self, state: TrainState, step: int, rng: jax.Array) -> None:
-        if not self.config.training.snapshot_sampling:
+        if self._sampler is None:  # training.snapshot_sampling is off
             return
-        if self._sampler is None:
-            self._sampler = self._create_sampler()
         samples = distributed.to_host(
             self._sampler(jax.random.fold_in(rng, step), state.ema_params)
         )
