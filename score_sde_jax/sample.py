@@ -3,6 +3,9 @@ script ``score-sde-sample``; flags and exit codes: docs/commands.md).
 
 Examples::
 
+    # an embedded pretrained model (docs/pretrained.md): digits in seconds, written to samples/
+    python -m score_sde_jax.sample
+    python -m score_sde_jax.sample --pretrained=color_digits --num_samples=16 --output=c.npz
     # newest intact checkpoint of a training run, its saved config and sampler (config.sampling)
     python -m score_sde_jax.sample --workdir=runs/digits --num_samples=64
     # a given step, with the probability-flow ODE
@@ -12,7 +15,7 @@ Examples::
         --config=configs/ve/cifar10_ncsnpp_deep_continuous.py --sampler=heun --num_steps=18
 
 Writes ``images`` (uint8 NHWC), ``nfe`` (per sample) and ``metadata`` (JSON) to an ``.npz``
-(``--output``, default ``<workdir>/samples/<checkpoint>_<sampler>_seed<seed>.npz``) and a PNG
+(``--output``, default ``<workdir or .>/samples/<checkpoint>_<sampler>_seed<seed>.npz``) and a PNG
 grid next to it. Sample i always comes from (``--seed``, i), whatever the batch size and the
 number of devices or hosts (see `score_sde_jax.sampling.generation`). Thin wrapper: the work is in
 `score_sde_jax.sampling.generation`.
@@ -37,6 +40,12 @@ flags.DEFINE_string(
     "Step of a checkpoint in --workdir (default: the newest intact one), or the path of a "
     "released checkpoint file (original 'checkpoint_<k>' or PyTorch-port '.pth'; needs --config).",
 )
+flags.DEFINE_string(
+    "pretrained",
+    None,
+    "An embedded model: digits, color_digits (docs/pretrained.md); the default ("
+    f"{generation.DEFAULT_PRETRAINED}) when neither --workdir nor --checkpoint is given.",
+)
 registry.define_flags()
 flags.DEFINE_integer("num_samples", 64, "Number of samples.")
 flags.DEFINE_integer(
@@ -57,6 +66,7 @@ def main(argv):
         FLAGS.config,
         workdir=FLAGS.workdir,
         checkpoint=FLAGS.checkpoint,
+        pretrained=FLAGS.pretrained,
         spec=registry.spec_from_flags(),
         num_samples=FLAGS.num_samples,
         batch_size=FLAGS.batch_size,

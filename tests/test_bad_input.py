@@ -299,6 +299,20 @@ def test_sample_unknown_step_lists_the_steps(unchanged, tmp_path):
     assert "--config" not in result.stderr  # formerly: "pass --config", the wrong fix
 
 
+@pytest.mark.parametrize(
+    "args, exit_code, fragments",
+    [
+        (["--pretrained=cifar10"], 1, ["'cifar10'", "digits", "docs/pretrained.md"]),
+        (["--pretrained=digits", "--checkpoint=1"], 2, ["--pretrained=digits", "--checkpoint"]),
+    ],
+    ids=["unknown", "with_checkpoint"],
+)
+def test_sample_bad_pretrained_model(args, exit_code, fragments, tmp_path):
+    result = cli("sample", *args, f"--output={tmp_path / 'x.npz'}")
+    assert_error(result, exit_code, *fragments)
+    assert not list(tmp_path.iterdir())
+
+
 # ------------------------------------------------------------------------------------------------
 # Checks before work.
 # ------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 from flax import serialization
 
 from score_sde_jax.checkpoints.run_folder import config_from_json
+from score_sde_jax.errors import InputError
 
 _PACKAGE = "score_sde_jax.pretrained"
 
@@ -42,10 +43,14 @@ def load_pretrained(name: str) -> Pretrained:
     """The embedded model ``name``.
 
     Raises:
-      FileNotFoundError: no such model (the message lists the available ones).
+      errors.InputError (a FileNotFoundError): no such model (the message lists the available
+        ones).
     """
     if name not in names():
-        raise FileNotFoundError(f"No pretrained model {name!r}; available: {', '.join(names())}.")
+        raise InputError(
+            f"No pretrained model {name!r}",
+            f"pass one of {', '.join(names())} (docs/pretrained.md)",
+        )
     info = json.loads((_folder() / f"{name}.json").read_text())
     stored = serialization.msgpack_restore((_folder() / f"{name}.msgpack").read_bytes())
     params = jax.tree.map(lambda a: np.asarray(a, np.float32), stored)

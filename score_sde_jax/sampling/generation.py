@@ -211,11 +211,50 @@ def default_batch_size(config, num_samples: int, num_devices: int) -> int:
     return math.ceil(batch / num_devices) * num_devices
 
 
+# What ``sample`` loads when it is given no training run and no checkpoint file.
+DEFAULT_PRETRAINED = "digits"
+
+
+def _model_source(config, workdir, checkpoint, pretrained, mesh):
+    """``(config, tag, load)`` for `sample_to_file`: the model's config, a short name for output
+    files and ``load() -> checkpoints.LoadedCheckpoint``. Every check runs here, before any work.
+    """
+    if pretrained is None and workdir is None and checkpoint is None:
+        pretrained = DEFAULT_PRETRAINED
+    if pretrained is not None:
+        if checkpoint is not None or config is not None:
+            raise errors.UsageError(
+                f"--pretrained={pretrained} is a complete model and takes no --checkpoint or "
+                "--config",
+                "drop them, or drop --pretrained to sample a training run or a checkpoint file",
+            )
+        model = checkpoints.load_pretrained(pretrained)
+
+        def load_pretrained():
+            params = jax.device_put(model.params, NamedSharding(mesh, P()))
+            path = f"pretrained:{pretrained}"
+            return checkpoints.LoadedCheckpoint(
+                params, model.info["step"], "pretrained", path, pretrained
+            )
+
+        return model.config, pretrained, load_pretrained
+    location = checkpoints.locate_checkpoint(workdir, checkpoint)  # the newest intact by default
+    config = checkpoints.resolve_config(config, workdir, location)
+
+    def load():
+        return checkpoints.load_checkpoint_params(
+            config, workdir=workdir, checkpoint=location, mesh=mesh
+        )
+
+    return config, checkpoints.checkpoint_tag(location), load
+
+
 def sample_to_file(
     config=None,
     *,
     workdir=None,
     checkpoint=None,
+    pretrained: str | None = None,
     spec: registry.SamplerSpec | None = None,
     num_samples: int = 64,
     batch_size: int | None = None,
@@ -229,11 +268,14 @@ def sample_to_file(
       config: the model's config; None: the one saved with the run (`checkpoints.resolve_config`).
       workdir: the training run (checkpoints; default output folder).
       checkpoint: see `checkpoints.load_checkpoint_params`.
+      pretrained: the name of an embedded model (docs/pretrained.md); `DEFAULT_PRETRAINED` when
+        neither ``workdir`` nor ``checkpoint`` is given.
       spec: the `SamplerSpec` (default: ``config.sampling.method`` with default options).
       num_samples: number of samples.
       batch_size: global samples per step (default `default_batch_size`).
       seed: sample i uses ``fold_in(PRNGKey(seed), i)``.
-      output: the ``.npz`` path; default ``<workdir>/samples/<ckpt>_<sampler>_seed<seed>.npz``.
+      output: the ``.npz`` path; default ``<workdir>/samples/<ckpt>_<sampler>_seed<seed>.npz``
+        (``samples/`` of the current directory without ``workdir``).
       mesh: the ``('data',)`` mesh (default: every device of every process).
 
     Returns:
@@ -243,26 +285,19 @@ def sample_to_file(
       errors.UserError: bad arguments, nothing to load, an output that cannot be written; all
         checked before sampling.
     """
-    if workdir is None and output is None:
-        raise errors.UsageError(
-            "Nowhere to write the samples", "pass --workdir or --output (a .npz file)"
-        )
     if num_samples < 1:
         raise errors.UsageError(f"--num_samples must be >= 1, got {num_samples}.")
-    location = checkpoints.locate_checkpoint(workdir, checkpoint)  # the newest intact by default
-    config = checkpoints.resolve_config(config, workdir, location)
     mesh = distributed.create_mesh() if mesh is None else mesh
+    config, tag, load = _model_source(config, workdir, checkpoint, pretrained, mesh)
     spec = spec or registry.SamplerSpec()
     if spec.name is None:
         spec = dataclasses.replace(spec, name=str(config.sampling.method).lower())
     batch_size = batch_size or default_batch_size(config, num_samples, mesh.devices.size)
-    tag = checkpoints.checkpoint_tag(location)
-    output = output or os.path.join(workdir, "samples", f"{tag}_{spec.name}_seed{seed}.npz")
+    name = f"{tag}_{spec.name}_seed{seed}.npz"
+    output = output or os.path.join(workdir or os.curdir, "samples", name)
     outputs.check_file(output, "--output")
     generator = Generator(config, spec, batch_size, mesh)
-    loaded = checkpoints.load_checkpoint_params(
-        config, workdir=workdir, checkpoint=location, mesh=mesh
-    )
+    loaded = load()
     logging.info(
         "Sampling %d from %s (%s checkpoint, step %s) with %s, seed %d, batch %d on %d devices "
         "/ %d processes.",
