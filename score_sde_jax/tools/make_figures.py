@@ -2,7 +2,7 @@
 
     python -m score_sde_jax.tools.make_figures --out docs/images [--num_steps N] [--seed S]
 
-writes, in about a minute on a laptop CPU and with nothing downloaded,
+writes, in one to three minutes on a laptop CPU and with nothing downloaded,
 
 * ``digits_samples.png``, ``color_digits_samples.png``: predictor–corrector samples (Algorithm 1)
   of the ``digits`` and ``color_digits`` models;
