@@ -84,7 +84,7 @@ def test_inpainting_colorization_notebook(tmp_path, monkeypatch, judge):
     assert accuracy >= 0.7 and accuracy >= masked_accuracy + 0.2, (accuracy, masked_accuracy)
 
     # Colorization: the output's gray level is the input's; its strokes are coloured (gray input:
-    # saturation 0), in one hue per digit, as in the training data (saturation ~0.97, coherence 1).
+    # saturation 0), in one hue per digit, as in the training data (saturation about 1, coherence 1).
     s = saved["colorization"]
     np.testing.assert_allclose(s["colorized"].mean(-1), s["gray"][..., 0], atol=1e-5)
     saturation, coherence = stroke_colours((s["colorized"] + 1.0) / 2.0)  # centered data
