@@ -11,6 +11,7 @@ import functools
 
 import numpy as np
 from sklearn.neural_network import MLPClassifier
+from threadpoolctl import threadpool_limits
 
 from score_sde_jax.data import digits
 
@@ -28,10 +29,11 @@ def _features(images: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def judge() -> MLPClassifier:
-    """The MLP, fitted on the training digits (held-out accuracy about 97 %)."""
+    """The MLP, fitted on the training digits (held-out accuracy 95 %)."""
     images, labels = digits.digits_uint8()
     model = MLPClassifier(hidden_layer_sizes=(128,), alpha=1e-3, max_iter=2000, random_state=0)
-    return model.fit(_features(images[:-NUM_EVAL]), labels[:-NUM_EVAL])
+    with threadpool_limits(1):  # 2 s; a minute with BLAS threads fighting over a busy CPU
+        return model.fit(_features(images[:-NUM_EVAL]), labels[:-NUM_EVAL])
 
 
 def held_out() -> tuple[np.ndarray, np.ndarray]:

@@ -1,42 +1,34 @@
 """Executes the Colab demo notebooks in `notebooks/` top to bottom in their default mode and checks
 what they show (issue 15).
 
-The default mode uses the models embedded in the package (`score_sde_jax.checkpoints.load_pretrained`)
-and downloads nothing. Each notebook saves the arrays it displays to the folder named by
-``SCORE_SDE_NOTEBOOK_OUT``; the checks below read them. Digits are judged by a classifier that knows
-nothing of the score models: scikit-learn's MLP trained on the real training digits (it classifies
-the held-out ones at 95 %). Each notebook takes one to two minutes on a 2-core CPU, nearly
-half of it XLA compilation.
+The default mode uses the models embedded in the package
+(`score_sde_jax.checkpoints.load_pretrained`) and downloads nothing. Each notebook saves the arrays
+it displays to the folder named by ``SCORE_SDE_NOTEBOOK_OUT``; the checks below read them. Digits
+are judged by a classifier that knows nothing of the score models: scikit-learn's MLP trained on
+the real training digits (`digits_judge`; it classifies the held-out ones at 95 %). Each notebook
+takes one to two minutes on a 2-core CPU, nearly half of it XLA compilation.
 """
 
+import digits_judge
 import nbclient
 import nbformat
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
-from sklearn.neural_network import MLPClassifier
-from threadpoolctl import threadpool_limits
-
-from score_sde_jax.data import digits
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
 
 @pytest.fixture(scope="module")
 def judge():
-    """``judge(images uint8 [B, 8, 8, 1]) -> class probabilities [B, 10]`` of an MLP."""
-    images, labels = digits.digits_uint8()
-    x = images.reshape(len(images), -1) / 255.0
-    mlp = MLPClassifier(hidden_layer_sizes=(128,), max_iter=2000, alpha=1e-3, random_state=0)
-    with threadpool_limits(1):  # 2 s; a minute with BLAS threads fighting over a busy CPU
-        mlp.fit(x[: -digits.NUM_EVAL], labels[: -digits.NUM_EVAL])
-    held_out = mlp.score(x[-digits.NUM_EVAL :], labels[-digits.NUM_EVAL :])
-    assert held_out > 0.9, held_out
-    return lambda images: mlp.predict_proba(np.reshape(images, (len(images), -1)) / 255.0)
+    """``judge(images uint8 [B, 8, 8, C]) -> class probabilities [B, 10]`` (`digits_judge`)."""
+    images, labels = digits_judge.held_out()
+    assert np.mean(digits_judge.probabilities(images).argmax(1) == labels) > 0.9
+    return digits_judge.probabilities
 
 
 def run_notebook(name, out, monkeypatch):
-    """Executes ``notebooks/<name>.ipynb`` with its outputs saved to ``out``; returns the npz files."""
+    """Runs ``notebooks/<name>.ipynb`` with its outputs saved to ``out``; returns the npz files."""
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     monkeypatch.setenv("SCORE_SDE_NOTEBOOK_OUT", str(out))  # the kernel inherits it
     client = nbclient.NotebookClient(
