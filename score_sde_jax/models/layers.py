@@ -152,13 +152,20 @@ def _conv(x, w, strides, padding):
 
 
 def _conv_fwd(x, w, strides, padding):
-    return _conv(x, w, strides, padding), (x, w)
+    # Symbolic zeros: ``x.perturbed`` is False when no gradient flows into the input (the first
+    # layer of a network differentiated for its parameters), and its gradient is not computed.
+    residuals = (x.value, w.value) + (() if x.perturbed else (None,))
+    return _conv(x.value, w.value, strides, padding), residuals
 
 
 def _conv_bwd(strides, padding, residuals, dy):
-    x, w = residuals
+    x, w = residuals[:2]
+    if isinstance(dy, jax.custom_derivatives.SymbolicZero):  # the output is not used
+        return None, None
     kh, kw, c_in, c_out = w.shape
-    if strides == (1, 1):
+    if len(residuals) == 3:
+        dx = None
+    elif strides == (1, 1):
         # The input gradient of a stride-1 convolution is again a plain convolution (with the
         # flipped, transposed kernel); written as one, it gets the same fast path as the forward.
         dx = lax.conv_general_dilated(
@@ -197,7 +204,7 @@ def _conv_bwd(strides, padding, residuals, dy):
     return dx, dw
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+_conv.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
 
 
 def conv_general_dilated(
