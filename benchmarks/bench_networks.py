@@ -12,7 +12,7 @@ separately from the steady-state time (median of ``--repeats`` runs after one wa
 as wall and process-CPU seconds. Each also reports the model FLOPs (`models.flops`), the achieved
 model TFLOP/s and utilisation against the device's peak where known (`common.throughput`, with
 XLA's own count as ``xla_flops``) and XLA's peak memory (`common.compiled_memory`). Parameters
-are the network's initial ones (`models.init_params`).
+are the network's initial ones (`models.init_params`, timed as ``init``: start-up cost).
 
 Usage: python benchmarks/bench_networks.py [--repeats 3] [--cases a,b] [--dtype bfloat16]
 [--remat] [--batch N] [--out FILE]
@@ -170,7 +170,11 @@ def bench_case(config, batch_size, label_fn, repeats, dropout_prng):
     x = jnp.asarray(rng.uniform(size=(batch_size, size, size, channels)), jnp.float32)
     labels = label_fn(jnp.asarray(rng.uniform(1e-5, 1.0, size=(batch_size,)), jnp.float32))
     target = jnp.zeros_like(x)
-    params = models.init_params(model, jax.random.PRNGKey(0), x[:1], labels[:1])
+    wall, cpu = time.perf_counter(), time.process_time()
+    params = jax.block_until_ready(
+        models.init_params(model, jax.random.PRNGKey(0), x[:1], labels[:1])
+    )
+    init = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
     num_params = sum(p.size for p in jax.tree_util.tree_leaves(params))
     optimizer = optax.adam(2e-4)
     opt_state = optimizer.init(params)
@@ -193,6 +197,7 @@ def bench_case(config, batch_size, label_fn, repeats, dropout_prng):
         "num_params": int(num_params),
         "dtype": dtype,
         "remat": bool(model.remat),
+        "init": init,
     }
     forward_c, result["forward_compile"] = _compile(forward, params, x, labels)
     result["forward"] = _timed(lambda: forward_c(params, x, labels).block_until_ready(), repeats)
