@@ -3,7 +3,7 @@
     python benchmarks/bench_memory.py [--configs cifar10_ncsnpp,cifar10_ddpmpp,digits]
         [--variants baseline,bf16,remat,bf16+remat,accum2,accum4] [--batch N] [--out F]
 
-Compiles (never runs) `train_lib.train_step` on one device with the state donated, as training
+Compiles (never runs) `training.train_step` on one device with the state donated, as training
 does, for a per-device batch of ``--batch`` examples (default: 16 for the CIFAR-10 configs, the
 paper's 128 over 8 accelerators, and 64 for ``digits``), and reports XLA's
 `memory_analysis()`: peak = temporaries + arguments + outputs − aliased
@@ -28,10 +28,10 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
-from configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
-from score_sde_jax import models, sde_lib, train_lib
+from score_sde_jax import models, sde_lib, training
 from score_sde_jax.configs import digits  # noqa: E402
+from score_sde_jax.configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
+from score_sde_jax.configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
 from score_sde_jax.data import pipeline
 
 CONFIGS = {
@@ -58,24 +58,24 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 
 def measure(config, batch: int, grad_accum_steps: int, compiler_options: dict) -> dict:
-    """Compile-only memory analysis of one `train_lib.train_step` on a batch of ``batch``."""
+    """Compile-only memory analysis of one `training.train_step` on a batch of ``batch``."""
     model = models.get_model(config)
-    optimizer = train_lib.create_optimizer(config)
-    loss_fn = train_lib.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
+    optimizer = training.create_optimizer(config)
+    loss_fn = training.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
     rng = jax.random.PRNGKey(0)
     state = jax.eval_shape(
-        lambda key: train_lib.create_train_state(config, model, key, optimizer), rng
+        lambda key: training.create_train_state(config, model, key, optimizer), rng
     )
     images = jax.ShapeDtypeStruct((batch, *pipeline.image_shape(config)), jnp.float32)
 
     def step(state, batch, rng):
-        return train_lib.train_step(
+        return training.train_step(
             state,
             batch,
             rng,
-            loss_fn=loss_fn,
+            loss_fn=training.image_loss(loss_fn),
             optimizer=optimizer,
-            learning_rate_fn=train_lib.create_learning_rate_fn(config),
+            learning_rate_fn=training.create_learning_rate_fn(config),
             ema_rate=config.model.ema_rate,
             grad_accum_steps=grad_accum_steps,
         )

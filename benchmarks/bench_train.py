@@ -1,4 +1,4 @@
-"""Training throughput of the jitted train step (`train_lib.train_steps`) on this machine.
+"""Training throughput of the jitted train step (`training.train_steps`) on this machine.
 
     python benchmarks/bench_train.py [--cases digits,cifar10_ncsnpp,cifar10_ddpmpp]
         [--dispatches 3] [--cifar_batch 8] [--dtype bfloat16] [--remat] [--grad_accum 2]
@@ -30,10 +30,10 @@ from jax.sharding import PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
-from configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
-from score_sde_jax import distributed, models, sde_lib, train_lib  # noqa: E402
+from score_sde_jax import distributed, models, sde_lib, training  # noqa: E402
 from score_sde_jax.configs import digits  # noqa: E402
+from score_sde_jax.configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
+from score_sde_jax.configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
 from score_sde_jax.data import pipeline
 from score_sde_jax.models import flops  # noqa: E402
 
@@ -44,42 +44,37 @@ CASES = {
 }
 
 
-def initial_train_state(config, model, optimizer) -> train_lib.TrainState:
-    """A `train_lib.TrainState` with the network's initial parameters (`models.init_params`)."""
+def initial_train_state(config, model, optimizer) -> training.TrainState:
+    """A `training.TrainState` with the network's initial parameters (`models.init_params`)."""
     x = jnp.zeros((1, *pipeline.image_shape(config)), jnp.float32)
     params = models.init_params(model, jax.random.PRNGKey(0), x, jnp.ones((1,)))
-    return train_lib.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        ema_params=jax.tree.map(jnp.copy, params),
-        opt_state=jax.jit(optimizer.init)(params),
-    )
+    return training.TrainState.create(params, optimizer)
 
 
 def _train_steps_fn(config, model, optimizer):
-    """``f(state, batch, rng)``: `train_lib.train_steps` of ``model`` for ``config``."""
-    loss_fn = train_lib.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
-    return lambda state, batch, rng: train_lib.train_steps(
+    """``f(state, batch, rng)``: `training.train_steps` of ``model`` for ``config``."""
+    loss_fn = training.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
+    return lambda state, batch, rng: training.train_steps(
         state,
         batch,
         rng,
-        loss_fn=loss_fn,
+        loss_fn=training.image_loss(loss_fn),
         optimizer=optimizer,
-        learning_rate_fn=train_lib.create_learning_rate_fn(config),
+        learning_rate_fn=training.create_learning_rate_fn(config),
         ema_rate=config.model.ema_rate,
         grad_accum_steps=config.training.get("grad_accum_steps", 1),
     )
 
 
 def bench(config, dispatches: int) -> dict:
-    """Times `train_lib.train_steps` for ``config`` on synthetic data; returns a result dict."""
+    """Times `training.train_steps` for ``config`` on synthetic data; returns a result dict."""
     t = config.training
     grad_accum = t.get("grad_accum_steps", 1)
     mesh = distributed.create_mesh(jax.local_devices())
     replicated = NamedSharding(mesh, P())
     batches = NamedSharding(mesh, P(None, "data"))
     model = models.get_model(config)
-    optimizer = train_lib.create_optimizer(config)
+    optimizer = training.create_optimizer(config)
     state = jax.device_put(initial_train_state(config, model, optimizer), replicated)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     step_fn = jax.jit(

@@ -7,7 +7,7 @@ prints one JSON object, collected under its name:
 
 * ``networks`` / ``networks_bf16_remat``: NCSN++ / DDPM++ forward and train-step time, FLOP/s
   and model FLOP utilisation (`bench_networks.py`; the second with bfloat16 + remat);
-* ``train`` / ``train_bf16_remat``: `train_lib.train_steps` throughput of the CIFAR-10
+* ``train`` / ``train_bf16_remat``: `training.train_steps` throughput of the CIFAR-10
   NCSN++ / DDPM++ and the default digits configs (`bench_train.py`; the second for NCSN++ with
   bfloat16 + remat);
 * ``samplers``: PC and probability-flow ODE sampler throughput, and the few-step samplers' NFE

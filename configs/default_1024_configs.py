@@ -10,7 +10,7 @@ below.
 import ml_collections
 from ml_collections import config_dict
 
-from configs import default_lsun_configs
+from score_sde_jax.configs import default_lsun_configs
 
 
 def get_default_configs() -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@ start from `default_cifar10_configs` (which also carries the keys this project a
 
 import ml_collections
 
-from configs import default_cifar10_configs
+from score_sde_jax.configs import default_cifar10_configs
 
 
 def get_default_configs() -> ml_collections.ConfigDict:

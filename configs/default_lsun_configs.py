@@ -7,7 +7,7 @@ scene is chosen by each experiment with ``data.category`` ('bedroom', 'church_ou
 
 import ml_collections
 
-from configs import default_cifar10_configs
+from score_sde_jax.configs import default_cifar10_configs
 
 
 def get_default_configs() -> ml_collections.ConfigDict:

@@ -2,14 +2,20 @@
 # Cloud TPU VM pod slice: create, install, train on every worker at once, tail logs, stop, delete.
 set -euo pipefail
 
+# The Python the package needs (setup.cfg python_requires); tpu-ubuntu2204-base ships 3.10.
+python_version=3.12
+# On the workers: the venv's Python ($HOME expands there).
+venv_python="\$HOME/score_sde_venv/bin/python"
+
 usage() {
   cat <<USAGE
 Usage: $(basename "$0") COMMAND -n TPU_NAME -z ZONE [options] [-- TRAIN_FLAGS...]
 
 Commands:
   create   create the TPU VM slice (-t ACCELERATOR_TYPE, -v RUNTIME_VERSION)
-  install  copy this repository to every worker and 'pip install' it there
-  train    start 'python -m score_sde_jax.train TRAIN_FLAGS' on all workers at once
+  install  copy this repository to every worker and install it with its TPU extra into a
+           Python $python_version venv (~/score_sde_venv, made by uv: the image's Python is older)
+  train    start 'python -m score_sde_jax.train TRAIN_FLAGS' (the venv's) on all workers at once
            (in the background, logging to ~/score_sde_train.log on each worker)
   logs     tail the training log of worker 0 (-w WORKER to pick another)
   stop     send SIGTERM to training on every worker (it checkpoints, then exits)
@@ -71,7 +77,12 @@ case "$command" in
   install)
     repo="$(cd "$(dirname "$0")/.." && pwd)"
     "${gcloud_tpu[@]}" scp --recurse "$repo" "$name":score_sde_jax_src "${location[@]}" --worker=all
-    on_all "python3 -m pip install -q -e ~/score_sde_jax_src 'jax[tpu]'"
+    # uv fetches a standalone CPython when the image has none of this version.
+    on_all "set -e
+python3 -m pip install -q --user uv
+python3 -m uv venv -q --allow-existing --python $python_version ~/score_sde_venv
+python3 -m uv pip install -q --python $venv_python -e ~/score_sde_jax_src'[tpu]'
+$venv_python -c 'import sys, jax, score_sde_jax; print(sys.version.split()[0], jax.__version__)'"
     ;;
   train)
     if [ $# -eq 0 ]; then
@@ -79,7 +90,7 @@ case "$command" in
       exit 2
     fi
     flags="$(printf '%q ' "$@")"
-    on_all "cd ~/score_sde_jax_src && nohup python3 -m score_sde_jax.train $flags > ~/score_sde_train.log 2>&1 &"
+    on_all "cd ~/score_sde_jax_src && nohup $venv_python -m score_sde_jax.train $flags > ~/score_sde_train.log 2>&1 &"
     ;;
   logs)
     "${gcloud_tpu[@]}" ssh "$name" "${location[@]}" --worker="$worker" --command="tail -f ~/score_sde_train.log"

@@ -1,0 +1,41 @@
+"""Score-based generative modeling through SDEs (Song et al., ICLR 2021) in JAX/Flax; see README.md.
+
+``score_sde_jax.configs`` is the repository's ``configs/`` folder: setup.cfg installs it under that
+name (``package_dir``), and a clone used without installing it (``PYTHONPATH=.``) finds it through
+`_CheckoutConfigs` below.
+"""
+
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+
+class _CheckoutConfigs(importlib.abc.MetaPathFinder):
+    """Finds ``score_sde_jax.configs`` in the ``configs/`` folder beside this package's folder."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != f"{__name__}.configs":
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname,
+            os.path.join(self.folder, "__init__.py"),
+            submodule_search_locations=[self.folder],
+        )
+
+
+def _find_checkout_configs() -> None:
+    """In a clone (this package has no ``configs/`` of its own but its parent folder has one),
+    looks up ``score_sde_jax.configs`` there before any other finder: an installed copy of the
+    package elsewhere must not supply the clone's configs."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    folder = os.path.join(os.path.dirname(package), "configs")
+    installed = os.path.isdir(os.path.join(package, "configs"))
+    if not installed and os.path.isfile(os.path.join(folder, "__init__.py")):
+        sys.meta_path.insert(0, _CheckoutConfigs(folder))
+
+
+_find_checkout_configs()

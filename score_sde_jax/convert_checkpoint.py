@@ -2,23 +2,20 @@
 
 ``python -m score_sde_jax.convert_checkpoint --config CONFIG --input FILE --workdir DIR``
 
-writes ``DIR/checkpoints/<step>/`` in the layout of `score_sde_jax.checkpoints.manager`:
+writes checkpoint ``<step>`` of the run folder ``DIR`` (`score_sde_jax.checkpoints.RunFolder`):
 ``params`` = the file's raw weights, ``ema_params`` = its EMA weights (the raw weights stand in
 for both when the file only has one set), a fresh optimizer state and the file's training
 step. Training resumes from it with ``python -m score_sde_jax.train --config CONFIG --workdir
 DIR`` (the data iterators start from the beginning); samplers read its EMA weights.
 """
 
-import os
-
 import jax
-import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import checkpoints, train_lib
+from score_sde_jax import checkpoints, training
 
-FORMATS = ("auto", "original", "pytorch")
+FORMATS = ("auto", *checkpoints.FORMATS)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config the checkpoint was trained with.")
@@ -26,17 +23,6 @@ flags.DEFINE_string("input", None, "checkpoint_<k> (original JAX) or .pth (PyTor
 flags.DEFINE_string("workdir", None, "Run folder to create; its checkpoints/ must be empty.")
 flags.DEFINE_enum("format", "auto", FORMATS, "Input format; 'auto' tells them apart by content.")
 flags.mark_flags_as_required(["config", "input", "workdir"])
-
-
-def _load(path, config, fmt, use_ema):
-    if fmt == "original":
-        return checkpoints.load_original(path, config, use_ema=use_ema)
-    if fmt == "pytorch":
-        return checkpoints.load_pytorch(path, config, use_ema=use_ema)
-    try:
-        return checkpoints.load_original(path, config, use_ema=use_ema)
-    except checkpoints.CheckpointFormatError:
-        return checkpoints.load_pytorch(path, config, use_ema=use_ema)
 
 
 def convert(config, input_path: str, workdir: str, fmt: str = "auto") -> int:
@@ -55,34 +41,25 @@ def convert(config, input_path: str, workdir: str, fmt: str = "auto") -> int:
       ValueError: unknown format, or ``workdir`` already holds checkpoints.
       checkpoints.CheckpointError: the file is not a checkpoint of this config's network.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"Unknown format {fmt!r}; valid: {', '.join(FORMATS)}.")
-    with checkpoints.CheckpointManager(
-        os.path.join(workdir, "checkpoints"), max_to_keep=None, async_save=False
-    ) as manager:
-        if manager.all_steps():
-            raise ValueError(
-                f"{manager.directory} already holds checkpoints {manager.all_steps()}; convert into "
-                "a new workdir."
-            )
-        ema_params, step = _load(input_path, config, fmt, use_ema=True)
-        try:
-            params, _ = _load(input_path, config, fmt, use_ema=False)
-        except checkpoints.CheckpointError as e:
-            logging.warning(
-                "No raw weights in %s (%s); using the EMA weights for both.", input_path, e
-            )
-            params = ema_params
-        step = int(step or 0)
-        optimizer = train_lib.create_optimizer(config)
-        state = train_lib.TrainState(
-            step=jnp.asarray(step, jnp.int32),
-            params=params,
-            ema_params=ema_params,
-            opt_state=optimizer.init(params),
+    run = checkpoints.RunFolder(workdir)
+    if run.steps():
+        raise ValueError(
+            f"{run.checkpoint_dir} already holds checkpoints {run.steps()}; convert into a new "
+            "workdir."
         )
+    ema_params, step = checkpoints.load_file(input_path, config, fmt, use_ema=True)
+    try:
+        params, _ = checkpoints.load_file(input_path, config, fmt, use_ema=False)
+    except checkpoints.CheckpointError as e:
+        logging.warning("No raw weights in %s (%s); using the EMA weights for both.", input_path, e)
+        params = ema_params
+    step = int(step or 0)
+    state = training.TrainState.create(
+        params, training.create_optimizer(config), ema_params=ema_params, step=step
+    )
+    with run.manager(max_to_keep=None, async_save=False) as manager:
         manager.save(step, state, jax.random.PRNGKey(config.seed), config=config, wait=True)
-    logging.info("Wrote checkpoint %d to %s.", step, manager.directory)
+    logging.info("Wrote checkpoint %d to %s.", step, run.checkpoint_dir)
     return step
 
 

@@ -102,7 +102,10 @@ def create_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 def to_host(x) -> np.ndarray:
-    """A global array as one host NumPy array on every process."""
-    if x.is_fully_addressable:
+    """A global array as one host NumPy array on every process.
+
+    A NumPy ``x`` is this process's rows: the result is every process's rows, in process order.
+    """
+    if jax.process_count() == 1 or getattr(x, "is_fully_addressable", False):
         return np.asarray(jax.device_get(x))
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))

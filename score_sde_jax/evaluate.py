@@ -5,7 +5,7 @@ checkpoint index in ``[eval.begin_ckpt, eval.end_ckpt]`` (checkpoint k = trainin
 training.snapshot_freq): eval loss (``eval.enable_loss``), bits/dim (``eval.enable_bpd``) and
 samples with FID / IS / KID (``eval.enable_sampling``). Results go to ``<workdir>/<eval_folder>``:
 per-unit files, a ``progress.json`` that makes a rerun resume after preemption, and ``report.json``
-with the last and the best checkpoints' numbers and the seeds. Details: `score_sde_jax.evaluation.evaluator`.
+with the last and the best checkpoints' numbers and the seeds. Details: docs/evaluation.md.
 
 Examples::
 
@@ -25,9 +25,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import distributed
-from score_sde_jax.evaluation import evaluator
-from score_sde_jax.sampling import generation
+from score_sde_jax import checkpoints, distributed
+from score_sde_jax.evaluation import driver
+from score_sde_jax.sampling import registry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run folder (reads <workdir>/checkpoints).")
@@ -61,17 +61,7 @@ flags.DEFINE_enum(
     "eval.hutchinson_type: divergence estimator of the bpd ODE (default rademacher).",
 )
 flags.DEFINE_list("sample_seeds", None, "eval.sample_seeds: sampling seeds (default seed + 1).")
-flags.DEFINE_enum(
-    "sampler",
-    None,
-    list(generation.SAMPLERS),
-    "Sampler of the sampling mode (default: config.sampling.method).",
-)
-flags.DEFINE_integer("num_steps", None, "Sampler steps (see `python -m score_sde_jax.sample`).")
-flags.DEFINE_string("solver", None, "ode: diffrax method (tsit5); sde: euler or heun.")
-flags.DEFINE_float("rtol", 1e-5, "Relative tolerance of the adaptive ODE sampler.")
-flags.DEFINE_float("atol", 1e-5, "Absolute tolerance of the adaptive ODE sampler.")
-flags.DEFINE_bool("reproduce_original", False, "pc only: the original's batch-shared steps.")
+registry.define_flags()
 distributed.define_flags()
 flags.mark_flags_as_required(["workdir"])
 
@@ -99,19 +89,12 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     distributed.initialize_from_flags()
     try:
-        config = apply_overrides(generation.resolve_config(FLAGS.config, FLAGS.workdir))
+        config = apply_overrides(checkpoints.resolve_config(FLAGS.config, FLAGS.workdir))
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
-    spec = generation.SamplerSpec(
-        name=FLAGS.sampler,
-        num_steps=FLAGS.num_steps,
-        solver=FLAGS.solver,
-        rtol=FLAGS.rtol,
-        atol=FLAGS.atol,
-        reproduce_original=FLAGS.reproduce_original,
-    )
+    spec = registry.spec_from_flags()
     try:
-        report = evaluator.evaluate(
+        report = driver.evaluate(
             config,
             FLAGS.workdir,
             FLAGS.eval_folder,

@@ -1,64 +1,42 @@
 """Exact likelihoods through the probability-flow ODE (Song et al. 2021, §4.3 and App. D.2).
 
-The probability-flow ODE dx/dt = f̃(x, t) = f(x, t) - ½ g(t)² s(x, t) (Eq. 13) carries a data point
-x(eps) = x to z = x(T), and the instantaneous change-of-variables formula (Chen et al. 2018)
-gives
-
-    log p_eps(x) = log p_T(z) + ∫_eps^T ∇·f̃(x(t), t) dt.
-
-The prior p_T is replaced by the SDE's ``prior_logp`` as in the original, so the result is exact
-only as far as the prior matches the true time-T marginal (for VP/sub-VP the mismatch is
-O(e^{-∫β}); for VE it is O(Var(data)/σ_max²)).
-
-Each example is solved on its own (``vmap`` over diffrax solves, per-example adaptive steps) so a
-result never depends on its batch-mates. The divergence is either the exact Jacobian trace or the
-Hutchinson–Skilling estimate εᵀ(∂f̃/∂x)ε with one probe ε per example drawn once and held fixed
-over the whole solve (which keeps the estimate unbiased and the ODE smooth for the solver).
+The ODE carries a data point x(eps) = x to z = x(T), and log p_eps(x) = log p_T(z) + ∫_eps^T ∇·f̃
+dt with f̃ = f - ½g²s (Eq. 13); p_T is the SDE's ``prior_logp``, as in the original. Each example
+is its own solve (`score_sde_jax.sampling.solvers`), with the exact Jacobian trace or a
+Hutchinson–Skilling estimate whose probe is drawn once per example and held fixed over the solve
+(docs/original_code.md#likelihood).
 """
 
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
 from score_sde_jax import sde_lib
+from score_sde_jax.sampling import solvers
+from score_sde_jax.sampling.common import resolve_eps
 
 HUTCHINSON_TYPES = ("rademacher", "gaussian", "exact")
 
-ODE_SOLVERS = {
-    "tsit5": diffrax.Tsit5,
-    "dopri5": diffrax.Dopri5,
-    "dopri8": diffrax.Dopri8,
-    "bosh3": diffrax.Bosh3,
-    "heun": diffrax.Heun,
-}
+
+def _exact_divergence(f, x, probe):
+    """f(x) and the trace of ∂f/∂x, one reverse-mode pass per data dimension."""
+    del probe
+
+    def flat_f(y):
+        out = f(y.reshape(x.shape)).reshape(-1)
+        return out, out
+
+    # Reverse mode: the networks' convolutions define custom VJPs (no forward mode).
+    jacobian, fx = jax.jacrev(flat_f, has_aux=True)(x.reshape(-1))
+    return fx.reshape(x.shape), jnp.trace(jacobian)
 
 
-def _check_args(sde, hutchinson_type, method, eps):
-    if hutchinson_type.lower() not in HUTCHINSON_TYPES:
-        raise ValueError(
-            f"Unknown hutchinson_type {hutchinson_type!r}; valid choices: {list(HUTCHINSON_TYPES)}."
-        )
-    if method.lower() not in ODE_SOLVERS:
-        raise ValueError(f"Unknown ODE method {method!r}; valid choices: {sorted(ODE_SOLVERS)}.")
-    if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}.")
-
-
-def _solver_nfe(solver, num_steps):
-    """Vector-field evaluations of an adaptive explicit Runge–Kutta solve.
-
-    An FSAL tableau evaluates the first stage once at t0, then (stages - 1) per attempted step
-    (a step rejected after the first acceptance keeps its valid first stage); a non-FSAL one
-    evaluates every stage of every attempted step. diffrax 0.7.2 re-evaluates the first stage
-    after each rejection of the very FIRST step, which this count leaves out.
-    """
-    tableau = solver.tableau
-    stages = len(tableau.c) + 1
-    if tableau.fsal:
-        return 1 + (stages - 1) * num_steps
-    return stages * num_steps
+def _hutchinson_divergence(f, x, probe):
+    """f(x) and εᵀ(∂f/∂x)ε from one reverse-mode product εᵀJ, as in the original."""
+    fx, vjp_fn = jax.vjp(f, x)
+    (probe_jacobian,) = vjp_fn(probe)
+    return fx, jnp.sum(probe_jacobian * probe)
 
 
 def get_log_prob_fn(
@@ -70,6 +48,7 @@ def get_log_prob_fn(
     eps: float = 1e-5,
     method: str = "tsit5",
     max_steps: int = 4096,
+    num_steps: int | None = None,
 ):
     """Log-density in nats of data under the probability-flow ODE of ``score_fn`` (App. D.2).
 
@@ -82,62 +61,35 @@ def get_log_prob_fn(
         rtol: relative tolerance of the adaptive step-size controller.
         atol: absolute tolerance of the adaptive step-size controller.
         eps: start time of the ODE (the data point is x(eps)); must lie in (0, T).
-        method: diffrax Runge–Kutta solver, one of `ODE_SOLVERS`.
+        method: a diffrax solver of `score_sde_jax.sampling.solvers.ODE_SOLVERS`.
         max_steps: solver step budget per example (the solve raises if it is exhausted).
+        num_steps: fixed number of equal steps instead of adaptive ones ('euler' needs it).
 
     Returns:
         A jitted ``fn(rng, params, x) -> (log_p, z, nfe)`` for data ``x`` [B, ...]: ``log_p`` [B]
         is log p_eps(x) in nats per example, ``z`` [B, ...] = x(T) the latent code and ``nfe``
         [B] the number of drift evaluations of each example's solve (each a score call; with
-        ``'exact'`` one evaluation is D reverse-mode passes). The count is exact unless the first
-        step attempt is rejected: diffrax then pays one more evaluation per such rejection.
+        ``'exact'`` one evaluation is D reverse-mode passes).
     """
-    _check_args(sde, hutchinson_type, method, eps)
+    if hutchinson_type.lower() not in HUTCHINSON_TYPES:
+        raise ValueError(
+            f"Unknown hutchinson_type {hutchinson_type!r}; valid choices: {list(HUTCHINSON_TYPES)}."
+        )
     hutchinson_type = hutchinson_type.lower()
-    solver = ODE_SOLVERS[method.lower()]()
-    probability_flow = sde_lib.reverse(sde, score_fn, probability_flow=True)
-
-    def drift(params, x, t):
-        """f̃(x, t) for one example x [...] and scalar t."""
-        return probability_flow.sde(params, x[None], jnp.reshape(t, (1,)))[0][0]
-
-    def vector_field(t, state, args):
-        params, probe = args
-        x, _ = state
-        f = lambda y: drift(params, y, t)
-        if hutchinson_type == "exact":
-
-            def flat_drift(y):
-                out = f(y.reshape(x.shape)).reshape(-1)
-                return out, out
-
-            # Reverse mode: the networks' convolutions define custom VJPs (no forward mode).
-            jacobian, fx = jax.jacrev(flat_drift, has_aux=True)(x.reshape(-1))
-            return fx.reshape(x.shape), jnp.trace(jacobian)
-        # εᵀ(∂f̃/∂x)ε from one reverse-mode product (εᵀ J), as in the original.
-        fx, vjp_fn = jax.vjp(f, x)
-        (probe_jacobian,) = vjp_fn(probe)
-        return fx, jnp.sum(probe_jacobian * probe)
+    divergence = _exact_divergence if hutchinson_type == "exact" else _hutchinson_divergence
+    solve = solvers.get_probability_flow_solve(
+        sde, score_fn, method, rtol, atol, num_steps, max_steps, divergence=divergence
+    )
+    eps = resolve_eps(sde, eps)
 
     def solve_one(params, x, rng):
+        # One probe per example, held fixed over the whole solve (module docstring).
         if hutchinson_type == "gaussian":
             probe = jax.random.normal(rng, x.shape, x.dtype)
         else:
             probe = jax.random.rademacher(rng, x.shape, x.dtype)
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(vector_field),
-            solver,
-            t0=eps,
-            t1=sde.T,
-            # Initial step; the PID controller adapts it (as the samplers, (T - eps)/100).
-            dt0=(sde.T - eps) / 100,
-            y0=(x, jnp.zeros((), x.dtype)),
-            args=(params, probe),
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            max_steps=max_steps,
-        )
-        z, delta_logp = sol.ys[0][-1], sol.ys[1][-1]
-        return z, delta_logp, _solver_nfe(solver, sol.stats["num_steps"])
+        (z, delta_logp), nfe = solve(params, x, eps, sde.T, probe)
+        return z, delta_logp, nfe
 
     def log_prob_fn(rng, params, x):
         if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -178,6 +130,7 @@ def get_likelihood_fn(
     eps: float = 1e-5,
     method: str = "tsit5",
     max_steps: int = 4096,
+    num_steps: int | None = None,
     *,
     centered: bool,
     num_bits: int = 8,
@@ -190,7 +143,7 @@ def get_likelihood_fn(
     and the "bpd" negative.
 
     Args:
-        sde, score_fn, hutchinson_type, rtol, atol, eps, method, max_steps: as in
+        sde, score_fn, hutchinson_type, rtol, atol, eps, method, max_steps, num_steps: as in
             `get_log_prob_fn`.
         centered: whether the model sees x = 2y - 1 ∈ [-1, 1] (``config.data.centered``) or
             y ∈ [0, 1]; sets the offset (`bpd_offset`). Required so that the scaling is never
@@ -203,7 +156,7 @@ def get_likelihood_fn(
     """
     bpd_offset(centered, num_bits)  # validates num_bits before anything is traced
     log_prob_fn = get_log_prob_fn(
-        sde, score_fn, hutchinson_type, rtol, atol, eps, method, max_steps
+        sde, score_fn, hutchinson_type, rtol, atol, eps, method, max_steps, num_steps
     )
 
     def likelihood_fn(rng, params, x):

@@ -21,16 +21,6 @@ from absl import app, flags, logging
 
 from score_sde_jax.data import datasets
 
-_NOTHING_TO_PREPARE = {
-    "DIGITS": "DIGITS ships inside scikit-learn; nothing to prepare.",
-    "TOY2D": "TOY2D points are generated from config.data; nothing to prepare.",
-    "FOLDER": "Image folders are read directly (data.path); nothing to prepare.",
-    "FFHQ": (
-        "FFHQ is not in tfds: set data.tfrecords_path to the StyleGAN .tfrecords "
-        "(ffhq-r08.tfrecords = 256 px, ffhq-r10.tfrecords = 1024 px) or data.path to a folder."
-    ),
-}
-
 
 def resolve_name(name: str, *, category: str | None = None, resolution: int | None = None) -> str:
     """A dataset name of the configs, or a tfds builder name, -> the tfds builder name.
@@ -45,8 +35,6 @@ def resolve_name(name: str, *, category: str | None = None, resolution: int | No
         canonical = datasets.canonical_name(name)
     except ValueError:
         return name  # any other tfds builder
-    if canonical in _NOTHING_TO_PREPARE:
-        raise ValueError(_NOTHING_TO_PREPARE[canonical])
     return datasets.tfds_name(canonical, category=category, image_size=resolution)
 
 

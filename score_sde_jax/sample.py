@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from score_sde_jax import distributed
-from score_sde_jax.sampling import generation
+from score_sde_jax.sampling import generation, registry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run folder (checkpoints; default output place).")
@@ -36,27 +36,7 @@ flags.DEFINE_string(
     "Step of a checkpoint in --workdir (default: the latest), or the path of a released "
     "checkpoint file (original 'checkpoint_<k>' or PyTorch-port '.pth'; needs --config).",
 )
-flags.DEFINE_enum(
-    "sampler",
-    None,
-    list(generation.SAMPLERS),
-    "Sampler (default: config.sampling.method). heun/dpm2/dpm3 need --num_steps.",
-)
-flags.DEFINE_integer(
-    "num_steps",
-    None,
-    "pc: noise levels N (default model.num_scales); ode: fixed steps (default adaptive); sde: "
-    "steps (default N); heun/dpm2/dpm3: steps (required).",
-)
-flags.DEFINE_string("solver", None, "ode: diffrax method (tsit5); sde: euler or heun.")
-flags.DEFINE_float("rtol", 1e-5, "Relative tolerance of the adaptive ODE solver.")
-flags.DEFINE_float("atol", 1e-5, "Absolute tolerance of the adaptive ODE solver.")
-flags.DEFINE_bool(
-    "reproduce_original",
-    False,
-    "pc only: the original's batch-shared Langevin step, corrector-first order and dt = 1/N "
-    "(samples then depend on the batch size).",
-)
+registry.define_flags()
 flags.DEFINE_integer("num_samples", 64, "Number of samples.")
 flags.DEFINE_integer(
     "batch_size",
@@ -73,14 +53,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     distributed.initialize_from_flags()
-    spec = generation.SamplerSpec(
-        name=FLAGS.sampler,
-        num_steps=FLAGS.num_steps,
-        solver=FLAGS.solver,
-        rtol=FLAGS.rtol,
-        atol=FLAGS.atol,
-        reproduce_original=FLAGS.reproduce_original,
-    )
+    spec = registry.spec_from_flags()
     try:
         generation.sample_to_file(
             FLAGS.config,

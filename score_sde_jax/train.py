@@ -2,7 +2,7 @@
 
 Kept thin on purpose, like the original's ``main.py``
 (docs/original_code.md#training-evaluation-and-data): flags and process setup here, the loop in
-`score_sde_jax.train_lib.train_and_evaluate`. Without ``--config`` it trains the offline default
+`score_sde_jax.training.train_and_evaluate`. Without ``--config`` it trains the offline default
 (`score_sde_jax/configs/digits.py`). Any config key can be overridden, e.g.
 ``--config.training.n_iters=2000``; re-running with the same ``--workdir`` resumes.
 
@@ -14,7 +14,7 @@ more than one task, Open MPI, a multi-host Cloud TPU); every process then runs t
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import distributed, train_lib
+from score_sde_jax import distributed, training
 from score_sde_jax.configs import DEFAULT_CONFIG
 
 FLAGS = flags.FLAGS
@@ -32,7 +32,7 @@ def main(argv):
     distributed.initialize_from_flags()
     distributed.log_to_workdir(FLAGS.workdir)
     logging.info("Config:\n%s", FLAGS.config)
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

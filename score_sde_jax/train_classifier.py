@@ -1,7 +1,7 @@
 """Command line entry point: ``python -m score_sde_jax.train_classifier --workdir DIR [--config P]``.
 
 Trains the noise-conditional classifier that guides class-conditional sampling (App. I.1);
-the loop is `score_sde_jax.classifier_lib.train_and_evaluate`. Without ``--config`` it trains
+the loop is `score_sde_jax.training.train_classifier`. Without ``--config`` it trains
 the offline default (`score_sde_jax/configs/classifier_digits.py`); the released CIFAR-10
 classifier's settings are ``configs/classifier/cifar10_wideresnet.py``. Any config key can be
 overridden, e.g. ``--config.training.n_iters=500``; re-running with the same ``--workdir``
@@ -13,7 +13,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde_jax import classifier_lib, distributed
+from score_sde_jax import distributed, training
 from score_sde_jax.configs import CONFIG_DIR
 
 FLAGS = flags.FLAGS
@@ -34,7 +34,7 @@ def main(argv):
     distributed.initialize_from_flags()
     distributed.log_to_workdir(FLAGS.workdir)
     logging.info("Config:\n%s", FLAGS.config)
-    classifier_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    training.train_classifier(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,37 @@ def test_params_from_original_rejects_partial_and_extra_trees():
 
 
 # ---------------------------------------------------------------------------------------------
+# Format detection and run folders
+
+
+def test_detect_format_and_load_file(ve_small, original_ema, tmp_path):
+    config = ve_small[1]
+    assert checkpoints.detect_format(CKPT) == "original"
+    assert checkpoints.detect_format(PTH) == "pytorch"
+    params, step = checkpoints.load_file(PTH, config)  # auto: the PyTorch reader
+    assert step == original_ema[1]
+    jax.tree.map(np.testing.assert_array_equal, params, original_ema[0])
+    with pytest.raises(checkpoints.CheckpointFormatError, match="load_pytorch"):
+        checkpoints.load_file(PTH, config, "original")
+    with pytest.raises(ValueError, match="Unknown format 'flax'"):
+        checkpoints.load_file(CKPT, config, "flax")
+    with pytest.raises(FileNotFoundError):
+        checkpoints.detect_format(tmp_path / "checkpoint_3")
+
+
+def test_run_folder_finds_steps_and_original_files(tmp_path):
+    run = checkpoints.RunFolder(tmp_path)
+    assert run.checkpoint_dir == str(tmp_path / "checkpoints")
+    assert run.steps() == [] and run.find(100, 1) is None
+    with pytest.raises(FileNotFoundError, match="pass --config"):
+        run.saved_config()
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(CKPT, run.original_file(1))
+    assert run.find(100, 1) == str(tmp_path / "checkpoints" / "checkpoint_1")
+    assert run.steps() == []
+
+
+# ---------------------------------------------------------------------------------------------
 # Bad checkpoints
 
 

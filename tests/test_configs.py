@@ -10,7 +10,7 @@
   five configs that are broken in the original (docs/original_code.md, D11–D14);
 * shrunk (8 x 8 images, batch 4, tiny widths, two resolution levels), it gets a batch from the
   real input pipeline under mock data (tfds mock data; an image folder for FFHQ) and runs one
-  training step through train_lib (`create_train_state`, `train_step`): the program `jax.jit`
+  training step through `training` (`create_train_state`, `train_step`): the program `jax.jit`
   would compile (its jaxpr), executed primitive by primitive (see `run_program`). Checked: the
   initial loss against the closed form of a zero-output network (at least that for the
   RefineNets), the first Adam update's size lr, moved parameters, and the EMA update
@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 from conftest import FIXTURES, REPO_ROOT
 from PIL import Image
 
-from score_sde_jax import models, score_fns, sde_lib, train_lib
+from score_sde_jax import models, score_fns, sde_lib, training
 from score_sde_jax.data import pipeline
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -309,19 +309,19 @@ def init_and_train_step(config):
     """``f(rng, images, ema_rate) -> (initial params, state after one update, metrics)``."""
     model = models.get_model(config)
     sde = sde_lib.get_sde(config)
-    loss_fn = train_lib.create_loss_fn(config, sde, model, train=True)
-    optimizer = train_lib.create_optimizer(config)
+    loss_fn = training.create_loss_fn(config, sde, model, train=True)
+    optimizer = training.create_optimizer(config)
 
     def run(rng, images, ema_rate):
         init_rng, step_rng = jax.random.split(rng)
-        state = train_lib.create_train_state(config, model, init_rng, optimizer)
-        new_state, metrics = train_lib.train_step(
+        state = training.create_train_state(config, model, init_rng, optimizer)
+        new_state, metrics = training.train_step(
             state,
             {"image": images},
             step_rng,
-            loss_fn=loss_fn,
+            loss_fn=training.image_loss(loss_fn),
             optimizer=optimizer,
-            learning_rate_fn=train_lib.create_learning_rate_fn(config),
+            learning_rate_fn=training.create_learning_rate_fn(config),
             ema_rate=ema_rate,
         )
         return state.params, new_state, metrics

@@ -292,6 +292,19 @@ def test_encode_then_decode_returns_the_input_and_encoding_is_deterministic(mixt
     np.testing.assert_allclose(encode(mixture, x[::-1])[0], z[::-1], rtol=1e-4, atol=1e-4)
 
 
+def test_encoding_takes_the_ode_sampler_solver_names(mixture):
+    sde = sde_lib.VPSDE(0.1, 20.0)
+    x, _ = gmm.sample(jax.random.key(0), mixture, 8)
+    z, _ = controllable.get_encoder(sde, gmm.get_score_fn(sde))(mixture, x)
+    for method in ["euler", "midpoint"]:
+        encode = controllable.get_encoder(sde, gmm.get_score_fn(sde), method=method, num_steps=200)
+        z_fixed, nfe = encode(mixture, x)
+        np.testing.assert_allclose(z_fixed, z, atol=0.05)
+        np.testing.assert_array_equal(nfe, 200 if method == "euler" else 400)
+    with pytest.raises(ValueError, match="num_steps"):
+        controllable.get_decoder(sde, gmm.get_score_fn(sde), method="euler")
+
+
 def test_interpolate_is_spherical():
     z0 = jnp.array([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
     z1 = jnp.array([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]])  # orthogonal; parallel

@@ -12,7 +12,15 @@ from PIL import Image
 from scipy.spatial.distance import pdist
 
 from score_sde_jax import prepare_data
-from score_sde_jax.data import datasets, pipeline
+from score_sde_jax.data import (
+    datasets,
+    digits,
+    image_folder,
+    pipeline,
+    preprocessing,
+    tfrecord,
+)
+from score_sde_jax.data.source import Source
 from score_sde_jax.tools import sigma_max
 
 
@@ -50,46 +58,46 @@ def coordinate_image(h, w):
 def smooth_image(h, w, seed=0):
     rng = np.random.default_rng(seed)
     coarse = rng.random((h // 8 + 2, w // 8 + 2, 3)) * 255
-    return datasets.resize(coarse.astype(np.uint8), h, w, "bicubic")
+    return preprocessing.resize(coarse.astype(np.uint8), h, w, "bicubic")
 
 
 def test_celeba_crop_box_and_resize():
     image = coordinate_image(218, 178)
-    crop = datasets.central_crop(image, datasets.CELEBA_CROP)
+    crop = preprocessing.central_crop(image, datasets.CELEBA_CROP)
     assert crop.shape == (140, 140, 3)
     assert (crop[0, 0, 0], crop[0, 0, 1]) == (39, 19)  # (218 - 140) // 2, (178 - 140) // 2
     assert (crop[-1, -1, 0], crop[-1, -1, 1]) == (178, 158)
     # A black face box inside a white frame: the crop + resize sees only the box.
     framed = np.full((218, 178, 3), 255, np.uint8)
     framed[39:179, 19:159] = 0
-    out = datasets._tfds_preprocess("CELEBA", make_config("celeba", 64))(framed)
+    out = datasets.DATASETS["CELEBA"].tfds.preprocess(64)(framed)
     assert out.shape == (64, 64, 3) and np.all(out == 0)
 
 
 def test_short_side_sizes_are_integers_rounded_half_to_even():
-    assert datasets.short_side_size(218, 178, 64) == (78, 64)  # 78.38 -> 78
-    assert datasets.short_side_size(10, 25, 128) == (128, 320)
-    assert datasets.short_side_size(2, 5, 3) == (3, 8)  # 7.5 -> 8
-    assert datasets.short_side_size(2, 7, 3) == (3, 10)  # 10.5 -> 10, as tf.round
-    assert datasets.resize_small(smooth_image(40, 100), 16).shape == (16, 40, 3)
+    assert preprocessing.short_side_size(218, 178, 64) == (78, 64)  # 78.38 -> 78
+    assert preprocessing.short_side_size(10, 25, 128) == (128, 320)
+    assert preprocessing.short_side_size(2, 5, 3) == (3, 8)  # 7.5 -> 8
+    assert preprocessing.short_side_size(2, 7, 3) == (3, 10)  # 10.5 -> 10, as tf.round
+    assert preprocessing.resize_small(smooth_image(40, 100), 16).shape == (16, 40, 3)
 
 
 def test_lsun_paths_crop_box():
     # 256 px: largest central square (columns 30..129 of 100 x 160), then bicubic resize.
     image = np.full((100, 160, 3), 255, np.uint8)
     image[:, 30:130] = 7
-    out = datasets._tfds_preprocess("LSUN", make_config("lsun", 32, category="bedroom"))(image)
+    out = datasets.DATASETS["LSUN"].tfds.preprocess(32)(image)
     assert out.shape == (32, 32, 3) and np.all(out == 7)
     # 128 px: short side to 128 (100 x 160 -> 128 x 205), then central crop of columns 38..165
     # (original columns 29.7..129.7: inside a box at 20..139 plus the filter's reach).
     image[:, 20:140] = 7
-    out = datasets._tfds_preprocess("LSUN", make_config("lsun", 128, category="bedroom"))(image)
+    out = datasets.DATASETS["LSUN"].tfds.preprocess(128)(image)
     assert out.shape == (128, 128, 3) and np.all(out == 7)
     wide = coordinate_image(20, 40)
-    assert datasets.short_side_size(20, 40, 10) == (10, 20)
+    assert preprocessing.short_side_size(20, 40, 10) == (10, 20)
     np.testing.assert_array_equal(
-        datasets.central_crop(datasets.resize_small(wide, 10), 10),
-        datasets.resize_small(wide, 10)[:, 5:15],
+        preprocessing.central_crop(preprocessing.resize_small(wide, 10), 10),
+        preprocessing.resize_small(wide, 10)[:, 5:15],
     )
 
 
@@ -97,7 +105,7 @@ def test_resize_matches_tf_antialiased_resize_and_clips(tf):
     image = smooth_image(218, 178)
     for method in ("bilinear", "bicubic"):
         for size in ((64, 64), (37, 53), (300, 250)):
-            ours = datasets.resize(image, *size, method=method)
+            ours = preprocessing.resize(image, *size, method=method)
             ref = tf.image.resize(image.astype(np.float32), size, method=method, antialias=True)
             ref = np.clip(np.round(ref.numpy()), 0, 255)
             assert ours.dtype == np.uint8 and ours.shape == (*size, 3)
@@ -107,15 +115,15 @@ def test_resize_matches_tf_antialiased_resize_and_clips(tf):
     edge[:, 4:] = 255
     raw = tf.image.resize(edge.astype(np.float32), (32, 32), "bicubic", antialias=True).numpy()
     assert raw.max() > 255.5 and raw.min() < -0.5
-    ours = datasets.resize(edge, 32, 32, "bicubic")
+    ours = preprocessing.resize(edge, 32, 32, "bicubic")
     np.testing.assert_array_equal(ours, np.clip(np.round(raw), 0, 255).astype(np.uint8))
 
 
 def test_cifar_resize_is_identity_at_native_size():
     image = smooth_image(32, 32)
-    preprocess = datasets._tfds_preprocess("CIFAR10", make_config("cifar10", 32))
+    preprocess = datasets.DATASETS["CIFAR10"].tfds.preprocess(32)
     np.testing.assert_array_equal(preprocess(image), image)
-    assert datasets._tfds_preprocess("CIFAR10", make_config("cifar10", 16))(image).shape == (
+    assert datasets.DATASETS["CIFAR10"].tfds.preprocess(16)(image).shape == (
         16,
         16,
         3,
@@ -123,17 +131,17 @@ def test_cifar_resize_is_identity_at_native_size():
 
 
 def test_pad_to_centres_the_image():
-    padded = datasets.pad_to(np.full((8, 8, 1), 9, np.uint8), 16)
+    padded = preprocessing.pad_to(np.full((8, 8, 1), 9, np.uint8), 16)
     assert padded.shape == (16, 16, 1) and padded.sum() == 64 * 9
     assert np.all(padded[4:12, 4:12] == 9)
     with pytest.raises(ValueError, match="resize"):
-        datasets.pad_to(padded, 8)
+        preprocessing.pad_to(padded, 8)
 
 
 def test_flip_and_dequantization_on_a_synthetic_image():
     image = coordinate_image(4, 6)
     loader = pipeline.BatchLoader(
-        datasets.Source(
+        Source(
             "synthetic",
             1,
             lambda i: (image, 0),
@@ -165,11 +173,11 @@ def test_flip_and_dequantization_on_a_synthetic_image():
 def test_digits_are_sklearns_scaled_to_uint8():
     from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    images, labels = datasets.digits_uint8()
+    reference = load_digits()
+    images, labels = digits.digits_uint8()
     assert images.shape == (1797, 8, 8, 1) and images.dtype == np.uint8
-    np.testing.assert_array_equal(images[..., 0], np.round(digits.images * 255 / 16))
-    np.testing.assert_array_equal(labels, digits.target)
+    np.testing.assert_array_equal(images[..., 0], np.round(reference.images * 255 / 16))
+    np.testing.assert_array_equal(labels, reference.target)
     assert images.max() == 255  # v = 16
 
 
@@ -178,12 +186,14 @@ def test_match_channels():
     red = np.zeros((2, 2, 4), np.uint8)
     red[..., 0], red[..., 3] = 255, 128
     np.testing.assert_array_equal(
-        datasets.match_channels(gray, 3, True, "x"), np.full((2, 2, 3), 50)
+        preprocessing.match_channels(gray, 3, True, "x"), np.full((2, 2, 3), 50)
     )
-    np.testing.assert_array_equal(datasets.match_channels(red, 3, True, "x")[0, 0], [255, 0, 0])
-    assert datasets.match_channels(red, 1, True, "x")[0, 0, 0] == 76  # round(0.299 * 255)
+    np.testing.assert_array_equal(
+        preprocessing.match_channels(red, 3, True, "x")[0, 0], [255, 0, 0]
+    )
+    assert preprocessing.match_channels(red, 1, True, "x")[0, 0, 0] == 76  # round(0.299 * 255)
     with pytest.raises(ValueError, match="x has 1 channels but data.num_channels=3.*convert"):
-        datasets.match_channels(gray, 3, False, "x")
+        preprocessing.match_channels(gray, 3, False, "x")
 
 
 def write_folder(root):
@@ -199,7 +209,7 @@ def write_folder(root):
 def test_image_folder_batches(tmp_path):
     write_folder(tmp_path)
     config = make_config("folder", 16, path=str(tmp_path), random_flip=True)
-    files, labels = datasets.list_images(tmp_path)
+    files, labels = image_folder.list_images(tmp_path)
     assert [f.name for f in files] == ["1.png", "3.png", "0.png", "2.png", "4.png", "x.JPG"]
     np.testing.assert_array_equal(labels, [0, 0, 1, 1, 1, 1])  # cats = 0, dogs = 1
     per_process = [
@@ -212,7 +222,7 @@ def test_image_folder_batches(tmp_path):
     assert np.sum(seen == 0) == 4 and np.sum(seen == 1) == 8
     source = datasets.get_source(config, "train")
     np.testing.assert_array_equal(
-        source[3][0], datasets.crop_resize(np.asarray(Image.open(files[3])), 16, "bicubic")
+        source[3][0], preprocessing.crop_resize(np.asarray(Image.open(files[3])), 16, "bicubic")
     )
 
 
@@ -254,14 +264,14 @@ def test_ffhq_tfrecords_round_trip(tf, tmp_path):
     images = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
     path = tmp_path / "ffhq-r03.tfrecords"
     write_stylegan_tfrecords(tf, path, images)
-    assert len(datasets.tfrecord_offsets(path)) == 5
+    assert len(tfrecord.tfrecord_offsets(path)) == 5
     config = make_config("FFHQ", 8, tfrecords_path=str(path))
     for split in ("train", "eval"):  # no held-out split: both read the file
         source = datasets.get_source(config, split)
         np.testing.assert_array_equal(np.stack([source[i][0] for i in range(5)]), images)
     feature = {"x": tf.train.Feature(int64_list=tf.train.Int64List(value=[-3, 2**40]))}
     record = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-    assert datasets.parse_tf_example(record) == {"x": [-3, 2**40]}
+    assert tfrecord.parse_tf_example(record) == {"x": [-3, 2**40]}
     with pytest.raises(ValueError, match="holds 8 x 8 images but data.image_size=16"):
         datasets.get_source(make_config("celebahq", 16, tfrecords_path=str(path)))[0]
     truncated = tmp_path / "truncated.tfrecords"
@@ -303,7 +313,7 @@ def test_max_pairwise_distance_known_answer():
 def test_sigma_max_of_digits_equals_brute_force():
     config = make_config("digits", 8, num_channels=1)
     result = sigma_max.estimate_sigma_max(config, num_samples=10_000)
-    images = datasets.digits_uint8()[0][: -datasets.DIGITS_NUM_EVAL]
+    images = digits.digits_uint8()[0][: -digits.NUM_EVAL]
     images = images.reshape(len(images), -1).astype(np.float32) / np.float32(255)  # model space
     assert result["num_samples"] == result["num_examples"] == len(images)
     np.testing.assert_allclose(result["sigma_max"], pdist(images).max(), rtol=1e-12)

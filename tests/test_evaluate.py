@@ -1,8 +1,8 @@
-"""The evaluation tool (issue 6, item 2): `evaluator.evaluate` and ``python -m score_sde_jax.evaluate``.
+"""The evaluation tool (issue 6, item 2): `driver.evaluate` and ``python -m score_sde_jax.evaluate``.
 
 A tiny MLP on 8x8 digits is trained for two steps (checkpoints at steps 1 and 2, i.e. checkpoint
 indices 1 and 2 with snapshot_freq 1). Loss and bits/dim are recomputed independently from the
-public APIs (input pipeline, losses, likelihood) with the seeds `evaluation.evaluator` documents; the FID
+public APIs (input pipeline, losses, likelihood) with the seeds docs/evaluation.md documents; the FID
 mode runs with the random-weight Inception of tests/fixtures/fid_inception.
 """
 
@@ -18,12 +18,17 @@ import pytest
 from conftest import FIXTURES, REPO_ROOT
 from test_inception import _regenerate_state_dict
 
-from score_sde_jax import likelihood, losses, models, score_fns, sde_lib, train_lib
+from score_sde_jax import checkpoints, likelihood, losses, models, score_fns, sde_lib, training
 from score_sde_jax.configs import digits
 from score_sde_jax.data import pipeline
-from score_sde_jax.evaluation import evaluator, inception_weights, metrics
-from score_sde_jax.sampling import generation
-from score_sde_jax.tools import stats as stats_lib
+from score_sde_jax.evaluation import (
+    checkpoint_index,
+    dataset_stats,
+    driver,
+    inception_weights,
+    metrics,
+)
+from score_sde_jax.sampling import generation, registry
 
 
 def tiny_config():
@@ -47,13 +52,13 @@ def tiny_config():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    train_lib.train_and_evaluate(tiny_config(), str(workdir))
+    training.train_and_evaluate(tiny_config(), str(workdir))
     return workdir
 
 
 @pytest.fixture(scope="module")
 def config(workdir):
-    config = generation.load_run_config(workdir)
+    config = checkpoints.RunFolder(workdir).saved_config()
     config.eval.bpd_num_repeats = 2
     config.eval.hutchinson_type = "gaussian"
     return config
@@ -61,12 +66,12 @@ def config(workdir):
 
 @pytest.fixture(scope="module")
 def report(config, workdir):
-    return evaluator.evaluate(config, workdir, "eval_loss_bpd")
+    return driver.evaluate(config, workdir, "eval_loss_bpd")
 
 
 @pytest.fixture(scope="module")
 def network(config, workdir):
-    params = generation.load_checkpoint_params(config, workdir=workdir, checkpoint=2).params
+    params = checkpoints.load_checkpoint_params(config, workdir=workdir, checkpoint=2).params
     sde = sde_lib.get_sde(config)
     return params, sde, models.get_model_fn(models.get_model(config))
 
@@ -147,7 +152,7 @@ def test_fid_mode_without_inception_weights_stops_with_the_message(workdir, tmp_
         "-m",
         "score_sde_jax.evaluate",
         f"--workdir={workdir}",
-        "--config=score_sde_jax/configs/digits.py",
+        "--config=configs/digits.py",
         "--config.eval.enable_sampling=True",
         "--eval_folder=x",
     ]
@@ -179,7 +184,7 @@ def fid_resources(tmp_path_factory):
     inception_weights.save_converted(weights, inception_weights.convert_state_dict(state_dict))
     # Reference "dataset" features: any pool_3 set serves to check the bookkeeping.
     stats_path = folder / "stats.npz"
-    stats_lib.save_stats(stats_path, np.random.default_rng(0).normal(size=(10, 2048)) + 0.5)
+    dataset_stats.save_stats(stats_path, np.random.default_rng(0).normal(size=(10, 2048)) + 0.5)
     return str(weights), str(stats_path)
 
 
@@ -196,14 +201,14 @@ def test_fid_pipeline_runs_and_resumes_after_preemption(config, workdir, fid_res
         raise _Preempted(unit)
 
     with pytest.raises(_Preempted, match="ckpt_1/seed_5/round_0"):
-        evaluator.evaluate(config, workdir, "eval_fid", callback=preempt, **kwargs)
+        driver.evaluate(config, workdir, "eval_fid", callback=preempt, **kwargs)
     folder = workdir / "eval_fid" / "ckpt_1" / "seed_5"
     with open(workdir / "eval_fid" / "progress.json") as f:
         assert list(json.load(f)["done"]) == ["ckpt_1/seed_5/round_0"]
     first_round = os.stat(folder / "samples_0.npz").st_mtime_ns
 
     events = []
-    report = evaluator.evaluate(
+    report = driver.evaluate(
         config, workdir, "eval_fid", callback=lambda u, r: events.append(u), **kwargs
     )
     assert events == [
@@ -219,7 +224,7 @@ def test_fid_pipeline_runs_and_resumes_after_preemption(config, workdir, fid_res
     # covariances have rank < n, so FID has a cheap closed form through n x n Gram matrices:
     # Tr((S1 S2)^1/2) = sum sqrt(eig(C C')) / sqrt((n1 - 1)(n2 - 1)), C = A B' for the centred
     # feature rows A, B (an independent route to the same number).
-    data = stats_lib.load_stats(stats_path)
+    data = dataset_stats.load_stats(stats_path)
     reference = data.pool_3.astype(np.float64)
     a = reference - reference.mean(axis=0)
     fids = {}
@@ -256,21 +261,21 @@ def test_fid_pipeline_runs_and_resumes_after_preemption(config, workdir, fid_res
     # The stored samples are `sample --seed=5` samples: sample i = fold_in(PRNGKey(5), i).
     with np.load(folder / "samples_1.npz") as z:
         stored = z["images"]
-    params = generation.load_checkpoint_params(config, workdir=workdir, checkpoint=1).params
-    generator = generation.Generator(config, generation.SamplerSpec(name="pc"), 4)
+    params = checkpoints.load_checkpoint_params(config, workdir=workdir, checkpoint=1).params
+    generator = generation.Generator(config, registry.SamplerSpec(name="pc"), 4)
     images, _ = generation.generate(generator, params, seed=5, num_samples=2, start=4)
     np.testing.assert_array_equal(stored, images)
 
     # A third run has nothing left to do; other settings in the same folder are refused.
     events.clear()
-    assert evaluator.evaluate(config, workdir, "eval_fid", **kwargs) == report
+    assert driver.evaluate(config, workdir, "eval_fid", **kwargs) == report
     e.num_samples = 8
     with pytest.raises(ValueError, match="eval.num_samples: stored 6, now 8"):
-        evaluator.evaluate(config, workdir, "eval_fid", **kwargs)
+        driver.evaluate(config, workdir, "eval_fid", **kwargs)
 
 
 def test_checkpoint_index_maps_to_step(config, workdir):
-    assert evaluator.checkpoint_step(config, 2) == 2 * config.training.snapshot_freq
-    assert evaluator.find_checkpoint(config, workdir, 2) == 2
+    assert checkpoint_index.checkpoint_step(config, 2) == 2 * config.training.snapshot_freq
+    assert checkpoint_index.find_checkpoint(config, workdir, 2) == 2
     with pytest.raises(FileNotFoundError, match=r"no step 3 .* among the steps \[1, 2\]"):
-        evaluator.find_checkpoint(config, workdir, 3)
+        checkpoint_index.find_checkpoint(config, workdir, 3)

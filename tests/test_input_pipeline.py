@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from score_sde_jax.data import datasets, pipeline
+from score_sde_jax.data import datasets, digits, image_io, pipeline
+from score_sde_jax.data.source import Source
 
-NUM_DIGITS_TRAIN = 1797 - datasets.DIGITS_NUM_EVAL
+NUM_DIGITS_TRAIN = 1797 - digits.NUM_EVAL
 
 
 def digits_config(**data):
@@ -39,7 +40,7 @@ def batches(config, n=3, seed=0, **kwargs):
     return take(train_iter, n)
 
 
-class IndexSource(datasets.Source):
+class IndexSource(Source):
     """Example i is a 2 x 3 single-channel image of constant value i (i < 256): indices visible."""
 
     def __init__(self, n):
@@ -92,7 +93,7 @@ def test_digits_shapes_values_and_centering():
 
 def test_digits_pad_keeps_native_pixels():
     (padded,) = batches(digits_config(resize="pad", image_size=12), n=1)
-    images, _ = datasets.digits_uint8()
+    images, _ = digits.digits_uint8()
     image = padded["image"][:, :, :, 0]
     assert np.all(image[:, :2] == 0) and np.all(image[:, 10:] == 0) and np.all(image[:, :, :2] == 0)
     native = {img.tobytes() for img in images[:, :, :, 0]}
@@ -115,6 +116,11 @@ def test_dequantize_never_reaches_next_level():
     u = np.full(256, np.nextafter(np.float32(1), np.float32(0)))  # the largest u < 1
     y = pipeline.uniform_dequantize(k, u)
     assert np.all(y < (k.astype(np.float32) + 1) / 256) and np.all(y >= k / 256)
+
+
+def test_to_uint8_inverts_division_by_255():
+    k = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(image_io.to_uint8(k.astype(np.float32) / 255.0), k)
 
 
 def test_random_flip_mirrors_about_half_of_the_examples():
@@ -236,7 +242,7 @@ def test_evaluation_pass_sees_every_example_once_in_order():
     for i in (0, 500, NUM_DIGITS_TRAIN - 1):
         np.testing.assert_array_equal(images[i], source[i][0] / np.float32(255))
     eval_mask = np.concatenate([b["mask"] for batches in held_out for b in batches])
-    assert eval_mask.sum() == datasets.DIGITS_NUM_EVAL
+    assert eval_mask.sum() == digits.NUM_EVAL
 
 
 def test_toy2d_points():

@@ -140,8 +140,8 @@ def test_bits_per_dim_offset_and_dequantization():
     )
 
 
-@pytest.mark.parametrize("method", ["tsit5", "heun"])
-def test_reported_nfe_counts_score_calls(method):
+@pytest.mark.parametrize("method,num_steps", [("tsit5", None), ("heun", None), ("euler", 40)])
+def test_reported_nfe_counts_score_calls(method, num_steps):
     sde = SDES["vp"]
     counter = collections.Counter()
     score_fn = _gaussian_score(sde, centre=0.0, pixel_std=0.5)
@@ -150,7 +150,8 @@ def test_reported_nfe_counts_score_calls(method):
         jax.debug.callback(lambda: counter.update(["calls"]))
         return score_fn(params, x, t)
 
-    fn = likelihood.get_log_prob_fn(sde, counted, method=method)
+    # The ODE sampler's solver names, fixed-step Euler included.
+    fn = likelihood.get_log_prob_fn(sde, counted, method=method, num_steps=num_steps)
     log_p, _, nfe = fn(jax.random.PRNGKey(0), None, DATA[:1])
     jax.block_until_ready(log_p)
     jax.effects_barrier()

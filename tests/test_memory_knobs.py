@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from configs.ve import cifar10_ncsnpp_continuous
-from configs.ve.ncsnv2 import cifar10 as ncsnv2_cifar10
-from configs.vp import cifar10_ddpmpp_continuous
-from configs.vp.ddpm import cifar10 as ddpm_cifar10
-from score_sde_jax import models, sde_lib, train_lib
+from score_sde_jax import models, sde_lib, training
+from score_sde_jax.configs.ve import cifar10_ncsnpp_continuous
+from score_sde_jax.configs.ve.ncsnv2 import cifar10 as ncsnv2_cifar10
+from score_sde_jax.configs.vp import cifar10_ddpmpp_continuous
+from score_sde_jax.configs.vp.ddpm import cifar10 as ddpm_cifar10
 
 BATCH = 8
 # LLVM optimisation only changes the generated machine code, not XLA's buffer assignment: the
@@ -76,7 +76,7 @@ def _compiled(knob: str, family=cifar10_ncsnpp_continuous.get_config):
     """The config's training loss and its gradient, compiled for one knob setting."""
     config = _shrink(family(), **KNOBS[knob])
     model = models.get_model(config)
-    loss_fn = train_lib.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
+    loss_fn = training.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(size=(BATCH, 16, 16, 3)), jnp.float32)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x[:1], jnp.ones((1,)))["params"]

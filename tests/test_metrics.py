@@ -7,8 +7,7 @@ import scipy.linalg
 import scipy.special
 
 from score_sde_jax.data import datasets
-from score_sde_jax.evaluation import inception, metrics
-from score_sde_jax.tools import stats
+from score_sde_jax.evaluation import dataset_stats, inception, metrics
 
 
 def _correlated_features(seed, num, dim, shift=0.0):
@@ -168,10 +167,10 @@ def test_compute_inception_outputs_keeps_every_image_in_order():
 
 def test_stats_file_round_trip_and_original_layout(tmp_path):
     images = np.random.default_rng(14).integers(0, 256, (11, 4, 4, 3), dtype=np.uint8)
-    pool_3 = stats.compute_pool3([images[:6], images[6:]], _fake_inception_fn, batch_size=4)
+    pool_3 = dataset_stats.compute_pool3([images[:6], images[6:]], _fake_inception_fn, batch_size=4)
     assert pool_3.shape == (11, 4) and pool_3.dtype == np.float32
-    written = stats.save_stats(tmp_path / "ours.npz", pool_3)
-    loaded = stats.load_stats(tmp_path / "ours.npz")
+    written = dataset_stats.save_stats(tmp_path / "ours.npz", pool_3)
+    loaded = dataset_stats.load_stats(tmp_path / "ours.npz")
     mu, sigma = pool_3.astype(np.float64).mean(0), np.cov(pool_3.astype(np.float64), rowvar=False)
     for result in (written, loaded):
         np.testing.assert_allclose(result.mu, mu, rtol=1e-12)
@@ -179,21 +178,16 @@ def test_stats_file_round_trip_and_original_layout(tmp_path):
         np.testing.assert_array_equal(result.pool_3, pool_3)
     # The original's cifar10_stats.npz layout: only the features, under 'pool_3'.
     np.savez(tmp_path / "original.npz", pool_3=pool_3)
-    original = stats.load_stats(tmp_path / "original.npz")
+    original = dataset_stats.load_stats(tmp_path / "original.npz")
     np.testing.assert_allclose(original.mu, mu, rtol=1e-12)
     np.testing.assert_allclose(original.sigma, sigma, rtol=1e-12)
     np.savez(tmp_path / "bad.npz", features=pool_3)
     with pytest.raises(ValueError, match="neither"):
-        stats.load_stats(tmp_path / "bad.npz")
+        dataset_stats.load_stats(tmp_path / "bad.npz")
     with pytest.raises(FileNotFoundError, match="tools.stats"):
-        stats.load_stats(tmp_path / "missing.npz")
+        dataset_stats.load_stats(tmp_path / "missing.npz")
     with pytest.raises(ValueError, match="to_uint8"):
-        stats.compute_pool3([images.astype(np.float32) / 255], _fake_inception_fn)
-
-
-def test_to_uint8_inverts_division_by_255():
-    k = np.arange(256, dtype=np.uint8)
-    np.testing.assert_array_equal(stats.to_uint8(k.astype(np.float32) / 255.0), k)
+        dataset_stats.compute_pool3([images.astype(np.float32) / 255], _fake_inception_fn)
 
 
 def test_dataset_pool3_covers_every_image_in_order():
@@ -201,7 +195,9 @@ def test_dataset_pool3_covers_every_image_in_order():
     config = ml_collections.ConfigDict(
         {"data": {"dataset": "DIGITS", "image_size": 8, "num_channels": 1, "resize": "pad"}}
     )
-    pool_3 = stats.compute_dataset_pool3(config, _fake_inception_fn, split="train", batch_size=500)
+    pool_3 = dataset_stats.compute_dataset_pool3(
+        config, _fake_inception_fn, split="train", batch_size=500
+    )
     assert pool_3.shape == (1617, 4)
     source = datasets.get_source(config, "train")
     for i in (0, 999, 1616):
@@ -209,8 +205,8 @@ def test_dataset_pool3_covers_every_image_in_order():
         np.testing.assert_array_equal(
             pool_3[i], 2.0 * np.concatenate([gray[0, 0], gray[0, 0], gray[0, 0], gray[0, 1]])
         )
-    assert stats.stats_filename(config) == "digits_8_stats.npz"
+    assert dataset_stats.stats_filename(config) == "digits_8_stats.npz"
     config.data.dataset = "CIFAR10"
-    assert stats.stats_filename(config) == "cifar10_stats.npz"
+    assert dataset_stats.stats_filename(config) == "cifar10_stats.npz"
     config.data.update({"dataset": "LSUN", "category": "bedroom", "image_size": 256})
-    assert stats.stats_filename(config) == "lsun_bedroom_256_stats.npz"
+    assert dataset_stats.stats_filename(config) == "lsun_bedroom_256_stats.npz"

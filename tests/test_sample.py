@@ -1,6 +1,6 @@
 """The sampling tool (issue 6, item 1): `sampling.generation` and ``python -m score_sde_jax.sample``.
 
-A tiny MLP on 8x8 digits is trained for two steps by `train_lib.train_and_evaluate`; its
+A tiny MLP on 8x8 digits is trained for two steps by `training.train_and_evaluate`; its
 checkpoint is sampled on 4 and on 1 simulated devices. The CLI runs on the released-format
 checkpoint of tests/fixtures/official_models.
 """
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, REPO_ROOT
 
-from score_sde_jax import distributed, train_lib
+from score_sde_jax import checkpoints, distributed, training
 from score_sde_jax.configs import digits
-from score_sde_jax.sampling import generation
+from score_sde_jax.sampling import generation, registry
 
 OFFICIAL = FIXTURES / "official_models"
 
@@ -39,7 +39,7 @@ def tiny_config():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    train_lib.train_and_evaluate(tiny_config(), str(workdir))
+    training.train_and_evaluate(tiny_config(), str(workdir))
     return workdir
 
 
@@ -77,12 +77,12 @@ def test_same_seed_gives_same_images_on_4_and_1_devices(workdir, tmp_path):
 @pytest.mark.parametrize("name", ["pc", "ode"])
 def test_model_space_samples_do_not_depend_on_device_count(workdir, name):
     # The barely trained network's samples mostly saturate as uint8: compare the floats too.
-    config = generation.load_run_config(workdir)
-    spec = generation.SamplerSpec(name=name)
+    config = checkpoints.RunFolder(workdir).saved_config()
+    spec = registry.SamplerSpec(name=name)
     outputs = []
     for devices, batch_size in ((jax.devices(), 8), (jax.devices()[:1], 4)):
         mesh = distributed.create_mesh(devices)
-        params = generation.load_checkpoint_params(config, workdir=workdir, mesh=mesh).params
+        params = checkpoints.load_checkpoint_params(config, workdir=workdir, mesh=mesh).params
         generator = generation.Generator(config, spec, batch_size, mesh, raw=True)
         outputs.append(generation.generate(generator, params, seed=3, num_samples=8, start=5))
     (x4, nfe4), (x1, nfe1) = outputs
@@ -93,20 +93,22 @@ def test_model_space_samples_do_not_depend_on_device_count(workdir, name):
 
 
 def test_checkpoint_and_sampler_errors(workdir):
-    config = generation.load_run_config(workdir)
+    config = checkpoints.RunFolder(workdir).saved_config()
     with pytest.raises(FileNotFoundError, match=r"available steps: \[1, 2\]"):
-        generation.load_checkpoint_params(config, workdir=workdir, checkpoint=5)
+        checkpoints.load_checkpoint_params(config, workdir=workdir, checkpoint=5)
     with pytest.raises(ValueError, match="pass --config"):
-        generation.resolve_config(None, workdir, OFFICIAL / "ncsnpp_ve_small_ckpt" / "checkpoint_1")
+        checkpoints.resolve_config(
+            None, workdir, OFFICIAL / "ncsnpp_ve_small_ckpt" / "checkpoint_1"
+        )
     with pytest.raises(ValueError, match="valid names"):
-        generation.get_sampler(config, generation.SamplerSpec(name="ddim"), 4)
+        generation.get_sample_fn(config, registry.SamplerSpec(name="ddim"), 4)
     with pytest.raises(ValueError, match="needs --num_steps"):
-        generation.get_sampler(config, generation.SamplerSpec(name="heun"), 4)
+        generation.get_sample_fn(config, registry.SamplerSpec(name="heun"), 4)
     with pytest.raises(ValueError, match="multiple of the number of devices"):
-        generation.Generator(config, generation.SamplerSpec(name="pc"), 6)
+        generation.Generator(config, registry.SamplerSpec(name="pc"), 6)
     config.training.sde = "vesde"
     with pytest.raises(ValueError, match="VP or sub-VP"):
-        generation.get_sampler(config, generation.SamplerSpec(name="dpm2", num_steps=2), 4)
+        generation.get_sample_fn(config, registry.SamplerSpec(name="dpm2", num_steps=2), 4)
 
 
 def test_cli_samples_the_released_original_checkpoint(tmp_path):
@@ -114,8 +116,8 @@ def test_cli_samples_the_released_original_checkpoint(tmp_path):
         config = json.loads(str(z["config_json"]))["config"]
     config_file = tmp_path / "ncsnpp_ve_small.py"
     config_file.write_text(
-        "from score_sde_jax.sampling import generation\n\n\n"
-        f"def get_config():\n    return generation.config_from_json({json.dumps(config)!r})\n"
+        "from score_sde_jax import checkpoints\n\n\n"
+        f"def get_config():\n    return checkpoints.config_from_json({json.dumps(config)!r})\n"
     )
     output = tmp_path / "samples.npz"
     command = [

@@ -14,10 +14,10 @@ import tensorflow_datasets as tfds
 from conftest import FIXTURES
 from tensorboard.backend.event_processing import event_accumulator
 
-from configs.ve import cifar10_ncsnpp_continuous
-from configs.vp import cifar10_ddpmpp_continuous
-from score_sde_jax import checkpoints, convert_checkpoint, distributed, models, train_lib
+from score_sde_jax import checkpoints, convert_checkpoint, distributed, models, training
 from score_sde_jax.configs import digits, toy2d
+from score_sde_jax.configs.ve import cifar10_ncsnpp_continuous
+from score_sde_jax.configs.vp import cifar10_ddpmpp_continuous
 from score_sde_jax.data import pipeline
 
 
@@ -66,18 +66,18 @@ def assert_trees_equal(a, b):
 def test_learning_rate_warmup_starts_at_zero_like_the_original():
     config = toy_config()
     config.optim.lr, config.optim.warmup = 2e-4, 5000
-    lr = train_lib.create_learning_rate_fn(config)
+    lr = training.create_learning_rate_fn(config)
     got = [float(lr(jnp.int32(s))) for s in (0, 1, 2500, 5000, 10**6)]
     np.testing.assert_allclose(got, [0.0, 2e-4 / 5000, 1e-4, 2e-4, 2e-4], rtol=1e-6)
     config.optim.warmup = 0
-    assert float(train_lib.create_learning_rate_fn(config)(jnp.int32(0))) == pytest.approx(2e-4)
+    assert float(training.create_learning_rate_fn(config)(jnp.int32(0))) == pytest.approx(2e-4)
 
 
 @pytest.mark.parametrize("grad_clip", [1.0, -1.0])
 def test_optimizer_is_global_norm_clipping_then_adam(grad_clip):
     config = toy_config()
     config.optim.grad_clip = grad_clip
-    opt = train_lib.create_optimizer(config)
+    opt = training.create_optimizer(config)
     params = {"w": jnp.zeros(2)}
     g1, g2 = np.array([3.0, 4.0]), np.array([0.3, -0.4])  # norms 5 and 0.5
     state = opt.init(params)
@@ -98,13 +98,13 @@ def _quadratic_loss(params, rng, x):
 
 
 def _step(state, x, config, grad_accum_steps=1):
-    return train_lib.train_step(
+    return training.train_step(
         state,
         {"image": x},
         jax.random.PRNGKey(0),
-        loss_fn=_quadratic_loss,
-        optimizer=train_lib.create_optimizer(config),
-        learning_rate_fn=train_lib.create_learning_rate_fn(config),
+        loss_fn=training.image_loss(_quadratic_loss),
+        optimizer=training.create_optimizer(config),
+        learning_rate_fn=training.create_learning_rate_fn(config),
         ema_rate=0.9,
         grad_accum_steps=grad_accum_steps,
     )
@@ -112,12 +112,7 @@ def _step(state, x, config, grad_accum_steps=1):
 
 def _quadratic_state(config):
     params = {"w": jnp.array([0.5, -0.5], jnp.float32)}
-    return train_lib.TrainState(
-        step=jnp.int32(0),
-        params=params,
-        ema_params=params,
-        opt_state=train_lib.create_optimizer(config).init(params),
-    )
+    return training.TrainState.create(params, training.create_optimizer(config))
 
 
 def test_train_step_updates_params_ema_and_step():
@@ -134,7 +129,7 @@ def test_train_step_updates_params_ema_and_step():
     assert float(metrics1["grad_norm"]) == pytest.approx(float(optax.tree.norm(grads)), 1e-6)
     state2, metrics2 = _step(state1, x, config)
     assert float(metrics2["learning_rate"]) == pytest.approx(0.05)
-    updates, _ = train_lib.create_optimizer(config).update(
+    updates, _ = training.create_optimizer(config).update(
         jax.grad(_quadratic_loss)(state1.params, None, x), state1.opt_state, state1.params
     )
     new_w = state1.params["w"] - 0.05 * updates["w"]
@@ -159,11 +154,35 @@ def test_validate_config_names_the_bad_key():
     config = toy_config()
     config.training.log_freq = 7
     with pytest.raises(ValueError, match="training.log_freq=7 must be a positive multiple"):
-        train_lib.validate_config(config, 4, 1)
+        training.validate_config(config, 4, 1)
     config = toy_config()
     config.training.batch_size = 18
     with pytest.raises(ValueError, match="training.batch_size=18 must be divisible"):
-        train_lib.validate_config(config, 4, 1)
+        training.validate_config(config, 4, 1)
+
+
+def test_cpu_warning_only_for_paper_size_runs_on_the_cpu():
+    cpu_warning = training.loop.cpu_warning
+    cifar10 = cifar10_ncsnpp_continuous.get_config()
+    line = cpu_warning(cifar10, 62_693_251, "cpu")
+    assert "a 62.7M-parameter network on CIFAR10 (32 px) on the CPU" in line
+    assert "pip install -e '.[cuda12]' or '.[tpu]'" in line
+    assert cpu_warning(cifar10, 62_693_251, "gpu") is None
+    assert cpu_warning(cifar10, 62_693_251, "tpu") is None
+    # The offline configs train on a CPU without it; a large network or 32 px images alone warn.
+    for config in (digits.get_config(), toy2d.get_config()):
+        model = models.get_model(config)
+        shapes = jax.eval_shape(
+            lambda rng, config=config, model=model: training.score_model.init_params(
+                config, model, rng
+            ),
+            jax.random.PRNGKey(0),
+        )
+        assert cpu_warning(config, sum(x.size for x in jax.tree.leaves(shapes)), "cpu") is None
+    config = digits.get_config()
+    assert "5.0M-parameter" in cpu_warning(config, 5_000_001, "cpu")
+    config.data.image_size = 32
+    assert "(32 px)" in cpu_warning(config, 1_000, "cpu")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,14 +194,14 @@ def test_validate_config_names_the_bad_key():
 def toy_run(tmp_path_factory):
     """A 20-step toy run on all 4 devices: (workdir, params and EMA on the host)."""
     workdir = str(tmp_path_factory.mktemp("toy4"))
-    state = train_lib.train_and_evaluate(toy_config(), workdir)
+    state = training.train_and_evaluate(toy_config(), workdir)
     return workdir, params_of(state)
 
 
 def test_four_devices_match_one_device(toy_run, tmp_path):
     workdir4, params4 = toy_run
     mesh1 = distributed.create_mesh(jax.devices()[:1])
-    params1 = params_of(train_lib.train_and_evaluate(toy_config(), str(tmp_path), mesh=mesh1))
+    params1 = params_of(training.train_and_evaluate(toy_config(), str(tmp_path), mesh=mesh1))
     for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params4), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
     loss4, loss1 = read_scalars(workdir4, "train_loss"), read_scalars(str(tmp_path), "train_loss")
@@ -203,7 +222,7 @@ def test_resume_after_corrupt_latest_checkpoint_is_bitwise_exact(toy_run, tmp_pa
             with open(path, "wb") as f:
                 f.write(b"\0garbage")
     caplog.set_level("WARNING")
-    state = train_lib.train_and_evaluate(toy_config(), resumed)
+    state = training.train_and_evaluate(toy_config(), resumed)
     assert "Checkpoint 20" in caplog.text and "falling back" in caplog.text
     assert os.path.isdir(os.path.join(resumed, "checkpoints", "20.corrupt"))
     assert int(state.step) == 20
@@ -222,14 +241,14 @@ def test_nan_loss_stops_training_and_checkpoints_stay_finite(tmp_path, monkeypat
     monkeypatch.setattr(pipeline.BatchLoader, "__call__", poisoned)
     config = toy_config(n_iters=40)
     config.eval.batch_size = 32
-    with pytest.raises(train_lib.NonFiniteLossError, match="at step 23"):
-        train_lib.train_and_evaluate(config, str(tmp_path))
+    with pytest.raises(training.NonFiniteLossError, match="at step 23"):
+        training.train_and_evaluate(config, str(tmp_path))
     template = jax.eval_shape(
-        lambda: train_lib.create_train_state(
+        lambda: training.create_train_state(
             config,
             models.get_model(config),
             jax.random.PRNGKey(0),
-            train_lib.create_optimizer(config),
+            training.create_optimizer(config),
         )
     )
     with checkpoints.CheckpointManager(tmp_path / "checkpoints") as manager:
@@ -283,7 +302,7 @@ def test_digits_default_config_end_to_end(tmp_path, fast_compile):
     t.n_iters, t.log_freq, t.eval_freq = 2, 1, 2
     t.snapshot_freq, t.snapshot_freq_for_preemption, t.snapshot_batch_size = 2, 1, 4
     config.model.num_scales = 4
-    state = train_lib.train_and_evaluate(config, str(tmp_path), mesh=one_device())
+    state = training.train_and_evaluate(config, str(tmp_path), mesh=one_device())
     assert int(state.step) == 2
     size = config.data.image_size
     samples = np.load(tmp_path / "samples" / "iter_2" / "sample.npz")["samples"]
@@ -315,7 +334,7 @@ def test_vp_cifar10_config_one_step_under_mock_data(tmp_path, fast_compile):
     config.training.n_iters = 1
     config.training.snapshot_sampling = False  # sampling: digits and VE tests
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
-        state = train_lib.train_and_evaluate(config, str(tmp_path), mesh=one_device())
+        state = training.train_and_evaluate(config, str(tmp_path), mesh=one_device())
     assert int(state.step) == 1
     assert np.isfinite(read_scalars(str(tmp_path), "train_loss")[1])
     assert np.isfinite(read_scalars(str(tmp_path), "eval_loss")[1])
@@ -340,7 +359,7 @@ def test_converted_original_checkpoint_resumes_training_for_ve_cifar10(tmp_path,
     config.training.eval_freq = 1000  # no evaluation at step 50006 (covered elsewhere)
     config.model.dropout = 0.0  # so that one step from the converted weights is deterministic
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
-        state = train_lib.train_and_evaluate(config, str(tmp_path), mesh=one_device())
+        state = training.train_and_evaluate(config, str(tmp_path), mesh=one_device())
     assert int(state.step) == step + 1
     # The file's raw weights are its EMA weights + 0.001; one update later the EMA is
     # 0.999·ema + 0.001·params (docs/original_code.md#losses-optimizer-and-ema) and the frozen Fourier W has not moved.

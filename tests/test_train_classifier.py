@@ -1,4 +1,4 @@
-"""Tests of the noise-conditional classifier's training (`score_sde_jax.classifier_lib`, CLI)."""
+"""Tests of the noise-conditional classifier's training (`score_sde_jax.training.classifier`)."""
 
 import functools
 import os
@@ -14,9 +14,9 @@ from conftest import REPO_ROOT
 from scipy.special import log_softmax
 from tensorboard.backend.event_processing import event_accumulator
 
-from configs.classifier import cifar10_wideresnet
-from score_sde_jax import classifier_lib, distributed, sde_lib
+from score_sde_jax import distributed, sde_lib, training
 from score_sde_jax.configs import classifier_digits, digits
+from score_sde_jax.configs.classifier import cifar10_wideresnet
 from score_sde_jax.models import wideresnet
 from score_sde_jax.sampling import controllable
 
@@ -48,7 +48,7 @@ def fast_compile():
 
 def test_perturbation_is_log_uniform_ve_noise():
     y = jnp.full((4096, 2, 2, 1), 0.25)
-    x, sigmas = jax.jit(classifier_lib.perturb, static_argnums=(2, 3))(
+    x, sigmas = jax.jit(training.classifier.perturb, static_argnums=(2, 3))(
         jax.random.PRNGKey(0), y, 0.01, 100.0
     )
     u = (np.log(np.asarray(sigmas)) - np.log(0.01)) / (np.log(100.0) - np.log(0.01))
@@ -62,11 +62,11 @@ def test_loss_is_the_cross_entropy_of_the_network_on_the_perturbed_batch(fast_co
     classifier = wideresnet.create_classifier(1, 1, 3)
     images = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 3), minval=-1.0, maxval=1.0)
     labels = jnp.array([0, 2, 1, 2])
-    init = functools.partial(classifier_lib.init_params, classifier, image_shape=(8, 8, 3))
+    init = functools.partial(training.classifier.init_params, classifier, image_shape=(8, 8, 3))
     key = jax.random.PRNGKey(2)
-    params = classifier_lib.compile_without_optimizations(init, key)(key)
+    params = training.compile_without_optimizations(init, key)(key)
     rng = jax.random.PRNGKey(3)
-    loss_fn = classifier_lib.get_loss_fn(
+    loss_fn = training.classifier.get_loss_fn(
         wideresnet.get_logit_fn(classifier), 0.01, 50.0, inverse_scaler=lambda x: (x + 1) / 2
     )
     loss, accuracy = jax.jit(loss_fn)(params, rng, images, labels)
@@ -222,7 +222,7 @@ def bars_run(tmp_path_factory, first_cli_run):  # the CLI run proceeds meanwhile
     # One device: on 4, the first checkpoint alone compiles ~70 orbax slices (sharded evaluation:
     # the digits test).
     mesh = distributed.create_mesh(jax.devices()[:1])
-    state = classifier_lib.train_and_evaluate(config, workdir, mesh=mesh)
+    state = training.train_classifier(config, workdir, mesh=mesh)
     return config, workdir, state
 
 
@@ -270,8 +270,8 @@ def test_evaluation_on_four_devices_matches_the_logged_one_device_evaluation(
 ):
     workdir = digits_run[0]
     config = shrunk_digits_config(4)
-    params, _ = classifier_lib.restore_params(config, str(workdir))  # replicated on 4 devices
-    evaluate = classifier_lib.create_evaluator(config, distributed.create_mesh())
+    params, _ = training.classifier.restore_params(config, str(workdir))  # replicated on 4 devices
+    evaluate = training.classifier.create_evaluator(config, distributed.create_mesh())
     # The run's evaluation key: fold_in(base key, 2), base key = PRNGKey(config.seed).
     metrics = evaluate(params, jax.random.fold_in(jax.random.PRNGKey(config.seed), 2))
     for tag in ("eval_loss", "eval_accuracy", "eval_loss/sigma_13.8-100"):
@@ -281,15 +281,15 @@ def test_evaluation_on_four_devices_matches_the_logged_one_device_evaluation(
 def test_trained_parameters_guide_the_conditional_sampler(digits_run, fast_compile):
     workdir = digits_run[0]
     config = shrunk_digits_config(4)
-    params, step = classifier_lib.restore_params(config, str(workdir))
+    params, step = training.classifier.restore_params(config, str(workdir))
     assert step == 4
-    classifier = classifier_lib.create_classifier(config)
+    classifier = training.classifier.create_classifier(config)
     sde = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=3)
 
     def score_fn(params, x, t, rng=None):  # data N(0, I): every VP marginal is N(0, I)
         return -x
 
-    classifier_fn = classifier_lib.get_classifier_fn(config, classifier, sde, centered=True)
+    classifier_fn = training.classifier.get_classifier_fn(config, classifier, sde, centered=True)
     sampler = controllable.get_pc_conditional_sampler(
         sde, score_fn, classifier_fn, (4, 8, 8, 1), "euler_maruyama", "none", snr=0.16
     )
@@ -304,8 +304,8 @@ def test_trained_parameters_guide_the_conditional_sampler(digits_run, fast_compi
 
 def test_cifar10_config_is_the_released_wrn_28_10():
     config = cifar10_wideresnet.get_config()
-    classifier_lib.validate_config(config, 8, 1)
-    classifier = classifier_lib.create_classifier(config)
+    training.classifier.validate_config(config, 8, 1)
+    classifier = training.classifier.create_classifier(config)
     params = jax.eval_shape(
         classifier.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.ones(1)
     )["params"]
@@ -334,12 +334,12 @@ def test_bad_configs_raise_clear_errors(changes, message):
         section, name = key.split(".")
         config[section][name] = value
     with pytest.raises(ValueError, match=message):
-        classifier_lib.validate_config(config, 4, 1)
+        training.classifier.validate_config(config, 4, 1)
 
 
 def test_a_score_model_config_is_refused():
     with pytest.raises(ValueError, match="not a classifier config"):
-        classifier_lib.validate_config(digits.get_config(), 1, 1)
+        training.classifier.validate_config(digits.get_config(), 1, 1)
 
 
 def test_image_folder_needs_one_subdirectory_per_class(tmp_path):
@@ -348,7 +348,7 @@ def test_image_folder_needs_one_subdirectory_per_class(tmp_path):
     os.makedirs(tmp_path / "train")
     PIL.Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "train" / "a.png")
     with pytest.raises(ValueError, match="one subdirectory of images per class"):
-        classifier_lib.dataset_num_classes(config)
+        training.classifier.dataset_num_classes(config)
     write_bars(tmp_path / "eval", 1, seed=0)
     os.remove(tmp_path / "train" / "a.png")
     write_bars(tmp_path / "train", 1, seed=0)
@@ -356,6 +356,6 @@ def test_image_folder_needs_one_subdirectory_per_class(tmp_path):
     PIL.Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "train" / "up" / "0.png")
     config.data.eval_path = str(tmp_path / "eval")
     with pytest.raises(ValueError, match="data.eval_path has"):
-        classifier_lib.dataset_num_classes(config)
+        training.classifier.dataset_num_classes(config)
     config.data.eval_path = None
-    assert classifier_lib.dataset_num_classes(config) == 3
+    assert training.classifier.dataset_num_classes(config) == 3

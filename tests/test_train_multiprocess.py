@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from score_sde_jax import checkpoints, models, train_lib
+from score_sde_jax import checkpoints, models, training
 from score_sde_jax.configs import toy2d
 
-TOY_CONFIG = str(REPO_ROOT / "score_sde_jax" / "configs" / "toy2d.py")
+TOY_CONFIG = str(REPO_ROOT / "configs" / "toy2d.py")
 # Overrides that shrink the toy config (applied in-process and as CLI flags alike).
 OVERRIDES = {
     "training.batch_size": 16,
@@ -41,7 +41,7 @@ OVERRIDES = {
 # A run whose data arrive slowly (0.15 s a batch), so that signals land in the middle of it.
 SLOW_DRIVER = """
 import json, sys, time
-from score_sde_jax import train_lib
+from score_sde_jax import training
 from score_sde_jax.data import pipeline
 from score_sde_jax.configs import toy2d
 
@@ -56,7 +56,7 @@ config = toy2d.get_config()
 for key, value in json.loads(sys.argv[2]).items():
     section, name = key.split(".")
     config[section][name] = value
-train_lib.train_and_evaluate(config, sys.argv[1])
+training.train_and_evaluate(config, sys.argv[1])
 """
 
 
@@ -77,11 +77,11 @@ def _env(num_devices):
 
 def _restore(workdir, config):
     template = jax.eval_shape(
-        lambda: train_lib.create_train_state(
+        lambda: training.create_train_state(
             config,
             models.get_model(config),
             jax.random.PRNGKey(0),
-            train_lib.create_optimizer(config),
+            training.create_optimizer(config),
         )
     )
     with checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
@@ -97,7 +97,7 @@ def _params(state):
 def reference(tmp_path_factory):
     """Params and EMA of the uninterrupted single-process run on 4 devices."""
     workdir = str(tmp_path_factory.mktemp("reference"))
-    return _params(train_lib.train_and_evaluate(toy_config(), workdir))
+    return _params(training.train_and_evaluate(toy_config(), workdir))
 
 
 def test_two_processes_train_the_same_run_as_one(reference, tmp_path):
@@ -155,7 +155,7 @@ def test_killed_run_resumes_bitwise_exactly(reference, tmp_path, sig):
     else:
         assert returncode == -signal.SIGKILL
     assert 10 <= max(steps) < 40, steps
-    state = train_lib.train_and_evaluate(toy_config(), str(tmp_path))
+    state = training.train_and_evaluate(toy_config(), str(tmp_path))
     assert int(state.step) == 40
     for a, b in zip(jax.tree.leaves(_params(state)), jax.tree.leaves(reference), strict=True):
         np.testing.assert_array_equal(a, b)

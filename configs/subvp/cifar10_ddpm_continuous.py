@@ -1,6 +1,6 @@
 """The DDPM U-Net trained with the continuous sub-VP objective on CIFAR-10 (docs/configs.md)."""
 
-from configs import default_cifar10_configs
+from score_sde_jax.configs import default_cifar10_configs
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """NCSN++ trained with the discrete SMLD objective on CelebA 64 x 64, VE SDE (docs/configs.md)."""
 
-from configs import default_celeba_configs
+from score_sde_jax.configs import default_celeba_configs
 
 
 def get_config():

@@ -8,7 +8,7 @@ keys; every value the original set is kept, except its author-local data.tfrecor
 placeholder).
 """
 
-from configs import default_1024_configs
+from score_sde_jax.configs import default_1024_configs
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """NCSN++ (continuous) on LSUN church_outdoor 256 x 256 with the VE SDE (docs/configs.md)."""
 
-from configs import default_lsun_configs
+from score_sde_jax.configs import default_lsun_configs
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """NCSN++ (continuous) on CIFAR-10 with the VE SDE: the paper's FID 2.38 model (Table 3)."""
 
-from configs import default_cifar10_configs
+from score_sde_jax.configs import default_cifar10_configs
 
 
 def get_config():

@@ -2,7 +2,7 @@
 
 from ml_collections import config_dict
 
-from configs import default_lsun_configs
+from score_sde_jax.configs import default_lsun_configs
 
 
 def get_config():

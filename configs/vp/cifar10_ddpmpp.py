@@ -1,6 +1,6 @@
 """DDPM++ trained with the discrete DDPM objective on CIFAR-10, VP SDE (docs/configs.md)."""
 
-from configs import default_cifar10_configs
+from score_sde_jax.configs import default_cifar10_configs
 
 
 def get_config():

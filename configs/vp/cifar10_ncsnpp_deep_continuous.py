@@ -1,6 +1,6 @@
 """NCSN++ (continuous, deep) on CIFAR-10 with the VP SDE (docs/configs.md)."""
 
-from configs import default_cifar10_configs
+from score_sde_jax.configs import default_cifar10_configs
 
 
 def get_config():

@@ -1,6 +1,7 @@
-"""Orbax checkpoints of a training run (docs/original_code.md#training-evaluation-and-data).
+"""Orbax checkpoints of a training run (docs/checkpoints.md#run-folders).
 
-A checkpoint is one orbax step directory ``<workdir>/checkpoints/<step>/`` with the items
+A checkpoint is one orbax step directory ``<directory>/<step>/`` (the directory is
+`RunFolder.checkpoint_dir`) with the items
 
 * ``state``: ``{"train_state": TrainState, "rng": uint32[2]}`` — parameters, EMA parameters,
   optimizer state and step, plus the run's base PRNG key (all randomness is folded from it);
@@ -76,7 +77,7 @@ class CheckpointManager:
     """Saves and restores training checkpoints under ``directory`` (see the module docstring).
 
     Args:
-      directory: the checkpoint folder, normally ``<workdir>/checkpoints``.
+      directory: the checkpoint folder, normally `RunFolder.checkpoint_dir` (which opens it).
       max_to_keep: how many of the most recent checkpoints to keep.
       keep_period: checkpoints whose step is a multiple of this are never deleted (None: off).
       async_save: write in a background thread (the device-to-host copy is synchronous).

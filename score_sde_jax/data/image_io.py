@@ -1,9 +1,19 @@
-"""PNG writers for sample grids and scatter plots."""
+"""Images as uint8: the conversion from [0, 1] (`to_uint8`) and PNG writers for grids and plots."""
 
 import math
 
 import numpy as np
 import PIL.Image
+
+
+def to_uint8(images):
+    """Images in [0, 1] -> uint8 by rounding (k / 255 -> k); out-of-range values are clipped.
+
+    Works on NumPy and JAX arrays alike (also under ``jit``), in the input's float precision.
+    """
+    if not hasattr(images, "clip"):
+        images = np.asarray(images, np.float64)
+    return (images.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 def image_grid(images, nrow: int | None = None, padding: int = 2, scale: int = 1):

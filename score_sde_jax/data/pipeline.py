@@ -1,47 +1,8 @@
 """Input pipeline: deterministic, per-process sharded, resumable batches in model space.
 
-Interface::
-
-    train_iter, eval_iter = create_datasets(config, seed=config.seed, data_dir=None,
-                                            process_index=None, process_count=None,
-                                            evaluation=False)
-
-Both are grain ``DatasetIterator`` s (``get_state()`` / ``set_state()``, and orbax
-``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore``) yielding numpy dicts
-
-* ``'image'``: float32 ``[B, H, W, C]`` (``[B, d]`` for ``TOY2D`` points, same key for
-  uniformity), B = ``config.training.batch_size // process_count`` for ``train_iter`` and
-  ``config.eval.batch_size // process_count`` for ``eval_iter`` (the configured sizes are global,
-  over all processes);
-* ``'label'``: int32 ``[B]`` (class, digit or mixture component; 0 where a dataset has none);
-* ``'mask'``: bool ``[B]``, only with ``evaluation=True``: False marks padding (zeros).
-
-Images are in **model space** (docs/original_code.md#training-evaluation-and-data): ``k / 255`` for
-uint8 pixels k, or with ``data.uniform_dequantization`` ``(k + u) / 256``, u ~ U[0, 1) per pixel and
-channel (so the value lies in [k / 256, (k + 1) / 256)); then ``2 y - 1`` if ``data.centered``.
-``data.random_flip`` mirrors left-right with probability 1/2 in training iterators.
-`get_data_scaler` / `get_data_inverse_scaler` (math side) are *not* applied here; labels are never
-scaled (unlike the original, docs/original_code.md, D17). ``TOY2D`` points are passed through
-unchanged (no flip, dequantization or centering: they are not images).
-
-Order and sharding. Training (``evaluation=False``): each split is one infinite stream, the
-concatenation of per-epoch permutations (``seed``, split and epoch determine each permutation),
-cut into global batches of G = global batch size; a batch may straddle two epochs and no example
-is ever dropped (the original's repeat -> shuffle -> batch). Process p of P takes positions
-[p G / P, (p + 1) G / P) of every global batch, so the processes read disjoint examples, together
-cover every epoch, and their batches concatenated in process order are the single-process batch:
-the data do not depend on the process count. Flip and dequantization noise are drawn from a
-stream keyed by (``seed``, split, epoch, example index), so they do not depend on it either.
-An iterator's state is just the global step, so a run also resumes on a different process count.
-``eval_iter`` streams the held-out split the same way, never flipped. With ``evaluation=True`` both
-iterators make a single pass over their split in dataset order, with no flips, and the last
-global batch is padded and masked (``'mask'``), so every example is seen exactly once (what
-metrics need; PR #5 of the original). Dequantization follows ``data.uniform_dequantization`` in
-every mode (for repeated bits/dim passes, use different seeds).
-
-Options read from ``config.data`` besides the original's keys: ``data_dir`` (tfds),
-``num_threads`` (reader threads, default min(8, cores)), ``prefetch_batches`` (default 4) and
-the dataset options documented in `score_sde_jax.data.datasets`.
+`create_datasets` returns grain iterators of ``{'image', 'label'[, 'mask']}`` NumPy batches; order,
+flips and dequantization noise depend only on the seed, so a run resumes on any process count.
+Also the data scalers. Details: docs/data.md#the-input-pipeline.
 """
 
 import os
@@ -108,7 +69,7 @@ class BatchLoader:
     """Maps a global step to this process's batch: ``loader(step) -> {'image', 'label'[, 'mask']}``.
 
     Args:
-      source: a `datasets.Source`.
+      source: a `source.Source`.
       seed: run seed; with the split and the epoch it fixes order, flips and dequantization.
       split: 'train' or 'eval' (decorrelates the two streams).
       global_batch_size: G, the batch over all processes.
@@ -246,7 +207,9 @@ def create_datasets(
     process_count: int | None = None,
     evaluation: bool = False,
 ) -> tuple[grain.DatasetIterator, grain.DatasetIterator]:
-    """Training and held-out iterators of ``config.data`` for this process (see module docstring).
+    """Training and held-out iterators of ``config.data`` for this process.
+
+    See docs/data.md#the-input-pipeline for the batches, model space, order and sharding.
 
     Args:
       config: the experiment config (``data.*``, ``training.batch_size``, ``eval.batch_size``).

@@ -73,6 +73,11 @@ def bilinear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     return matrix
 
 
+def to_rgb(images: np.ndarray) -> np.ndarray:
+    """NHWC images with three channels: grayscale (one channel) replicated, as the network needs."""
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
 def preprocess(images: jax.Array) -> jax.Array:
     """Resizes NHWC images to 299x299 and maps them to [-1, 1], as pytorch-fid does.
 

@@ -1,14 +1,20 @@
 """Score networks and the glue that turns a config into a network and a network into a score.
 
 `get_model(config)` builds the Flax module named by ``config.model.name``;
+`init_params(model, rng, x, labels)` computes its initial parameters (``model.init``'s, fast);
+`abstract_params(model, example_shape)` traces its parameter shapes without computing them;
 `get_score_fn(sde, model, continuous)` adapts its raw output to a score function
 ``score_fn(params, x, t, rng=None)`` (see `score_sde_jax.score_fns`).
 """
 
+import functools
 import importlib
+import types
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from score_sde_jax import score_fns
 from score_sde_jax.models import batched_jaxpr
@@ -85,6 +91,27 @@ def init_params(model, rng, x, labels, train: bool = False):
     if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((rng, x, labels))):
         return init(rng, x, labels)
     return batched_jaxpr.evaluate(init, rng, x, labels, compiler_options=_FAST_COMPILE)
+
+
+@functools.lru_cache(maxsize=16)
+def abstract_params(model, example_shape: tuple[int, ...]) -> Mapping:
+    """Shapes and dtypes of ``model``'s parameters for inputs of ``example_shape``, uncomputed.
+
+    Returns a read-only ``{path tuple: ShapeDtypeStruct}`` in the order flax created the
+    parameters (the order of the PyTorch port's layer list). jax sorts dict keys when a tree
+    leaves a traced function, so the order is recorded while tracing.
+    """
+    order = []
+
+    def init(rng):
+        x = jnp.zeros((1, *example_shape), jnp.float32)
+        labels = jnp.zeros((1,), jnp.int32)  # integer labels suit every network, discrete VE too
+        variables = model.init({"params": rng, "dropout": rng}, x, labels, train=False)
+        order.extend(traverse_util.flatten_dict(variables["params"]))
+        return variables["params"]
+
+    shapes = traverse_util.flatten_dict(jax.eval_shape(init, jax.random.PRNGKey(0)))
+    return types.MappingProxyType({path: shapes[path] for path in order})
 
 
 def get_model_fn(model):

@@ -1,52 +1,30 @@
 """Controllable generation with one unconditional score model (Song et al. 2021, §5 and App. I).
 
-* `get_pc_inpainter` / `get_pc_colorizer`: imputation (App. I.2). A predictor–corrector sampler
-  whose known part is replaced after every update by a sample of the forward marginal of the
-  observation; colorization is inpainting in a decoupled colour space whose first channel is the
-  gray level (App. I.3; docs/original_code.md#controllable-generation).
-* `get_pc_conditional_sampler`: class-conditional sampling with a noise-conditional classifier
-  (Eq. 14, App. I.1): ∇ log p_t(x | y) = ∇ log p_t(x) + ∇ log p_t(y | x).
-* `get_encoder` / `get_decoder` / `interpolate`: latent codes through the probability-flow ODE
-  (Eq. 13, §4.3) — the paper's uniquely identifiable encoding.
-
-The PC samplers reuse the registered predictors and correctors and `pc_loop` of
-`score_sde_jax.sampling.pc` (paper order: predictor, then corrector), with per-sample keys: the
-noise of sample b comes from its own key, so no sample depends on its batch-mates. They differ from
-the original's `controllable_generation.py` where it is wrong (docs/original_code.md, D7, D8, D10):
-
-* the known region starts from a sample of the forward marginal at T, not from clean data;
-* after an update the known region is re-drawn from the marginal at the time the update lands on
-  (the predictor's next time, not its start time);
-* with ``denoise`` the unknown region is the last update's noise-free mean (the original took it
-  from the already-noised sample, so denoising only touched the known region);
-* the returned known pixels / gray channel equal the input exactly;
-* colorization draws its initial sample in the decoupled space (the original masked the prior in
-  RGB before decoupling);
-* ``eps=None`` picks each SDE's own end time (the original used 1e-5 for every SDE);
-* the classifier sees the time t, so guidance works with every SDE (the original passed the
-  marginal std, a VE noise level, whatever the SDE was).
+Imputation (`get_pc_inpainter`, `get_pc_colorizer`, App. I.2-I.3) and class-conditional sampling
+(`get_pc_conditional_sampler`, Eq. 14, App. I.1) run `pc.pc_loop` with the registered predictors
+and correctors and per-sample keys; latent codes (`get_encoder`, `get_decoder`, `interpolate`)
+solve the probability-flow ODE (Eq. 13, §4.3). Where the samplers differ from the original:
+docs/original_code.md, D7, D8 and D10.
 """
 
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from score_sde_jax import sde_lib
-from score_sde_jax.likelihood import ODE_SOLVERS
-from score_sde_jax.sampling.pc import (
+from score_sde_jax.sampling import solvers
+from score_sde_jax.sampling.common import (
+    check_positive_int,
     check_shape,
-    get_corrector,
-    get_predictor,
     normal_like,
-    pc_loop,
     per_sample_keys,
     prior_sample,
     resolve_eps,
     split_per_sample,
 )
+from score_sde_jax.sampling.pc import get_corrector, get_predictor, pc_loop
 from score_sde_jax.sde_lib import batch_mul
 
 # Orthonormal colour decoupling of the original (App. I.3;
@@ -81,8 +59,7 @@ def couple_colors(y):
 
 def _pc_setup(sde, score_fn, shape, predictor, corrector, snr, n_steps, probability_flow, eps):
     """Validated shape and eps, and the (predictor, corrector) updates of the registries."""
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps}.")
+    check_positive_int("n_steps", n_steps)
     updates = (
         get_predictor(predictor)(sde, score_fn, probability_flow),
         get_corrector(corrector)(sde, score_fn, snr, n_steps),
@@ -293,6 +270,30 @@ def get_guided_score_fn(score_fn, classifier_fn, guidance_scale: float = 1.0):
     return guided
 
 
+def _check_labels(classifier_fn, classifier_params, labels, shape):
+    """``labels``, after checking that they are one class index of ``classifier_fn`` per sample."""
+    if labels.shape != (shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(
+            f"labels must be {shape[0]} integer class indices (one per sample), got "
+            f"{labels.dtype} of shape {tuple(labels.shape)}."
+        )
+    logits = jax.eval_shape(
+        classifier_fn,
+        classifier_params,
+        jax.ShapeDtypeStruct(shape, jnp.float32),
+        jax.ShapeDtypeStruct((shape[0],), jnp.float32),
+    )
+    if len(logits.shape) != 2 or logits.shape[0] != shape[0]:
+        raise ValueError(
+            f"classifier_fn must return logits [{shape[0]}, classes], got {logits.shape}."
+        )
+    if not isinstance(labels, jax.core.Tracer):
+        num_classes = logits.shape[1]
+        if not bool(jnp.all((labels >= 0) & (labels < num_classes))):
+            raise ValueError(f"labels must lie in [0, {num_classes}) (the classifier's classes).")
+    return labels
+
+
 def get_pc_conditional_sampler(
     sde: sde_lib.SDE,
     score_fn,
@@ -342,28 +343,7 @@ def get_pc_conditional_sampler(
         )
 
     def sample(rng, params, classifier_params, labels):
-        labels = jnp.asarray(labels)
-        if labels.shape != (shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise ValueError(
-                f"labels must be {shape[0]} integer class indices (one per sample), got "
-                f"{labels.dtype} of shape {tuple(labels.shape)}."
-            )
-        logits = jax.eval_shape(
-            classifier_fn,
-            classifier_params,
-            jax.ShapeDtypeStruct(shape, jnp.float32),
-            jax.ShapeDtypeStruct((shape[0],), jnp.float32),
-        )
-        if len(logits.shape) != 2 or logits.shape[0] != shape[0]:
-            raise ValueError(
-                f"classifier_fn must return logits [{shape[0]}, classes], got {logits.shape}."
-            )
-        if not isinstance(labels, jax.core.Tracer):
-            num_classes = logits.shape[1]
-            if not bool(jnp.all((labels >= 0) & (labels < num_classes))):
-                raise ValueError(
-                    f"labels must lie in [0, {num_classes}) (the classifier's classes)."
-                )
+        labels = _check_labels(classifier_fn, classifier_params, jnp.asarray(labels), shape)
         return run(rng, params, classifier_params, labels)
 
     return sample
@@ -374,37 +354,9 @@ def get_pc_conditional_sampler(
 # ----------------------------------------------------------------------------------------------
 
 
-def _get_flow(sde, score_fn, t0, t1, rtol, atol, method, max_steps):
-    """Per-sample adaptive solve of the probability-flow ODE from t0 to t1: ``fn(params, x)``."""
-    if str(method).lower() not in ODE_SOLVERS:
-        raise ValueError(f"Unknown ODE method {method!r}; valid choices: {sorted(ODE_SOLVERS)}.")
-    solver = ODE_SOLVERS[str(method).lower()]()
-    # Score evaluations: each Runge–Kutta stage once per (accepted or rejected) step, except that
-    # a first-same-as-last tableau reuses the previous step's last stage (paid once at t0).
-    fsal = int(solver.tableau.fsal)
-    per_step = solver.tableau.num_stages - fsal
-    rsde = sde_lib.reverse(sde, score_fn, probability_flow=True)
-
-    def drift(t, y, params):
-        return rsde.sde(params, y[None], jnp.full((1,), t))[0][0]
-
-    def solve(params, y0):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(drift),
-            solver,
-            t0=t0,
-            t1=t1,
-            # An explicit first step (1/100 of the interval) keeps both directions alike.
-            dt0=(t1 - t0) / 100,
-            y0=y0,
-            args=params,
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            saveat=diffrax.SaveAt(t1=True),
-            max_steps=max_steps,
-        )
-        return sol.ys[-1], sol.stats["num_steps"] * per_step + fsal
-
-    return jax.jit(jax.vmap(solve, in_axes=(None, 0)))
+def _batched(solve, t0, t1):
+    """``fn(params, x) -> (x(t1), nfe)`` of a probability-flow ``solve`` for each sample of x."""
+    return jax.jit(jax.vmap(lambda params, x: solve(params, x, t0, t1), in_axes=(None, 0)))
 
 
 def get_encoder(
@@ -415,6 +367,7 @@ def get_encoder(
     method: str = "tsit5",
     eps: float = 1e-5,
     max_steps: int = 4096,
+    num_steps: int | None = None,
 ):
     """Latent code z = x(T) of data x = x(eps) through the probability-flow ODE (Eq. 13, §4.3).
 
@@ -425,15 +378,19 @@ def get_encoder(
       sde: the forward SDE.
       score_fn: ``score_fn(params, x, t) -> score``.
       rtol, atol: tolerances of the adaptive (PID) step-size controller.
-      method: an adaptive diffrax solver: 'tsit5', 'dopri5', 'dopri8', 'bosh3' or 'heun'.
+      method: a diffrax solver of `solvers.ODE_SOLVERS` (as for `get_ode_sampler`).
       eps: the time at which data sit (the original's likelihood start time 1e-5).
       max_steps: the most steps a solve may take.
+      num_steps: fixed number of equal steps instead of adaptive ones ('euler' needs it).
 
     Returns:
       ``encode(params, x) -> (z, nfe)``: codes [B, ...] and each sample's score evaluations [B].
     """
     eps = resolve_eps(sde, eps)
-    return _get_flow(sde, score_fn, eps, sde.T, rtol, atol, method, max_steps)
+    solve = solvers.get_probability_flow_solve(
+        sde, score_fn, method, rtol, atol, num_steps, max_steps
+    )
+    return _batched(solve, eps, sde.T)
 
 
 def get_decoder(
@@ -444,6 +401,7 @@ def get_decoder(
     method: str = "tsit5",
     eps: float = 1e-5,
     max_steps: int = 4096,
+    num_steps: int | None = None,
 ):
     """Data x(eps) of latent codes z = x(T) through the probability-flow ODE (inverse of `get_encoder`).
 
@@ -454,7 +412,10 @@ def get_decoder(
       encoding.
     """
     eps = resolve_eps(sde, eps)
-    return _get_flow(sde, score_fn, sde.T, eps, rtol, atol, method, max_steps)
+    solve = solvers.get_probability_flow_solve(
+        sde, score_fn, method, rtol, atol, num_steps, max_steps
+    )
+    return _batched(solve, sde.T, eps)
 
 
 def interpolate(z0, z1, alphas):

@@ -1,36 +1,18 @@
 """Few-step deterministic samplers of the probability-flow ODE (beyond the paper).
 
-Every SDE here has the kernel x(t) = α_t x(0) + σ_t z (α_t, σ_t: `marginal_prob`'s mean
-coefficient and std), so its probability-flow ODE (Eq. 13) depends on t only through the
-noise-to-signal ratio σ̂_t = σ_t/α_t, or equivalently the log-SNR λ_t = log(α_t/σ_t) = -log σ̂_t
-(Karras et al. 2022, "EDM", Eq. 4 and Sec. 4; Lu et al. 2022, "DPM-Solver", Sec. 3.1). Both
-samplers integrate that ODE from T down to ``eps`` over a grid of times (`time_grid`):
-
-* 'karras': σ̂ on EDM's grid (EDM Eq. 5, `karras_sigmas`), ρ = 7 by default;
-* 'time_uniform': t_i = T + i/n (eps - T), the VP sampler's grid in EDM Table 1;
-* 'time_quadratic': √t uniform, the quadratic grid of DDIM (Song, Meng & Ermon 2021, App. D.2);
-* 'log_snr': uniform in λ (Lu et al. Sec. 3.3); for VE, EDM Table 1's geometric σ grid.
-
-Samplers:
-
-* `get_heun_sampler`: Heun's second-order method in x̂ = x/α_t and σ̂ (EDM Algorithm 1 with
-  S_churn = 0), where the ODE reads dx̂/dσ̂ = -σ̂ ∇_x̂ log p(x̂; σ̂) = -σ̂ α_t s_θ(α_t x̂, t).
-* `get_dpm_solver_sampler`: singlestep DPM-Solver-2 and -3 (Lu et al. Algorithms 1 and 2 with
-  r₁ = ½, resp. r₁ = ⅓ and r₂ = ⅔) on the noise prediction ε_θ = -σ_t s_θ, which integrates
-  the linear part of the ODE exactly (Lu et al. Eq. 3.4); for VP and sub-VP.
-
-The default grids are those with the smallest discretisation error on the exact-score mixture
-of tests/test_fast_sampling.py (`benchmarks/bench_samplers.py --sections accuracy` prints the
-comparison). Both samplers return ``sample(rng, params, z=None) -> (x, nfe)`` like the other
-samplers; the prior draw of sample b comes from its own key, so a sample does not depend on its
-batch-mates.
+`get_heun_sampler`: EDM's Heun sampler (Karras et al. 2022, Algorithm 1 with S_churn = 0);
+`get_dpm_solver_sampler`: singlestep DPM-Solver-2/3 (Lu et al. 2022, Algorithms 1 and 2) for VP
+and sub-VP. Both step over a grid of times (`time_grid`, one of `SCHEDULES`) expressed through the
+noise-to-signal ratio σ̂_t = σ_t/α_t or the log-SNR λ_t = -log σ̂_t. Grids and defaults:
+docs/sampling.md#the-samplers.
 """
 
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import sde_lib
-from score_sde_jax.sampling.pc import (
+from score_sde_jax import progress, sde_lib
+from score_sde_jax.sampling.common import (
+    check_positive_int,
     check_prior_sample,
     check_shape,
     per_sample_keys,
@@ -43,9 +25,7 @@ SCHEDULES = ("karras", "time_uniform", "time_quadratic", "log_snr")
 
 def _check_args(sde, num_steps, eps):
     """``(num_steps, eps)`` validated, ``eps=None`` resolved to the SDE's default."""
-    if int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps}.")
-    return int(num_steps), resolve_eps(sde, eps)
+    return check_positive_int("num_steps", num_steps), resolve_eps(sde, eps)
 
 
 def _check_schedule(schedule):
@@ -188,6 +168,7 @@ def get_heun_sampler(
         def step(x_hat, i):
             h = sigma_hats[i + 1] - sigma_hats[i]
             d = d_dsigma(x_hat, i)
+            progress.tick(i, num_steps)
             return x_hat + 0.5 * h * (d + d_dsigma(x_hat + h * d, i + 1)), None
 
         x_hat = _initial(sde, rng, shape, z) / alphas[0]
@@ -277,6 +258,7 @@ def get_dpm_solver_sampler(
 
         def step(x, i):
             nodes = [node(times[i]), node(times[i + 1])] + [node(m[i]) for m in mids]
+            progress.tick(i, num_steps)
             return update(params, x, *nodes), None
 
         x = _initial(sde, rng, shape, z)

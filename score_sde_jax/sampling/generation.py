@@ -1,33 +1,13 @@
-"""Sampling from trained models: checkpoint loading, sampler selection, sharded generation.
+"""The sampling driver: samples of a trained model, sharded over every device, to files.
 
-The library behind ``python -m score_sde_jax.sample`` and the sampling mode of
-``python -m score_sde_jax.evaluate`` (docs/original_code.md#samplers):
-
-* `load_checkpoint_params`: the EMA parameters of a checkpoint written by ``train`` (orbax, by
-  step), or of a released original checkpoint (flax 0.3.1 msgpack ``checkpoint_<k>``) or
-  PyTorch-port ``.pth`` file, told apart by their content;
-* `load_run_config`: the config a ``train`` run saved with its checkpoints;
-* `get_sampler`: the samplers of `score_sde_jax.sampling` and `score_sde_jax.sampling.few_step` by
-  name ('pc', 'ode', 'sde', 'heun', 'dpm2', 'dpm3'), as ``fn(keys, params) -> (x, nfe)``;
-* `Generator` / `generate`: samples sharded over every device of every process along a 1-D
-  ``('data',)`` mesh, with a progress log (NFE per sample);
-* `sample_to_file`: all of the above, writing ``.npz`` + ``.png`` (the ``sample`` command).
-
-Randomness. Sample ``i`` (its global index over the whole run, not its position in a batch or
-on a device) uses the key ``fold_in(PRNGKey(seed), i)``; its prior draw x(T) comes from
-``fold_in(key, 0)`` and the sampler's noise from ``fold_in(key, 1)``. The samplers keep the noise
-of each sample on its own key, so every sample depends on ``(seed, i)`` only: not on the batch
-size, the device count or the process count (``--reproduce_original`` PC sampling is the
-exception: the original's Langevin step size is shared by the batch). All samplers of one seed
-start from the same x(T), so e.g. PC and ODE samples can be compared one to one.
-
-Images are returned as uint8 NHWC: ``round(clip(inverse_scaler(x), 0, 1) * 255)``. The original
-truncates (``clip(x * 255).astype(uint8)``), which biases every pixel by half a level; rounding
-maps the data grid k/255 back to k exactly, as the dataset statistics do.
+The library behind ``python -m score_sde_jax.sample`` and the sampling mode of ``evaluate``:
+`Generator` / `generate`
+(samples by global index along a 1-D ``('data',)`` mesh, with a progress log) and
+`sample_to_file`. Sample i depends only on (seed, i) (`get_sample_fn`); images are rounded to
+uint8 (`image_io.to_uint8`). See docs/sampling.md#the-sampling-driver.
 """
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -36,396 +16,47 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
-from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import checkpoints, distributed, models, sampling, score_fns, sde_lib
+from score_sde_jax import checkpoints, distributed, models, progress
 from score_sde_jax.data import datasets, image_io, pipeline
-from score_sde_jax.sampling import few_step, pc
+from score_sde_jax.sampling import registry
+from score_sde_jax.sampling.common import prior_sample
 
-SAMPLERS = ("pc", "ode", "sde", "heun", "dpm2", "dpm3")
-CHECKPOINT_DIR = "checkpoints"
 # Key streams folded into each sample's key.
 _PRIOR_STREAM, _SAMPLER_STREAM = 0, 1
 
 
 # ----------------------------------------------------------------------------------------------
-# Configs and checkpoints.
+# Sharded generation.
 # ----------------------------------------------------------------------------------------------
 
 
-def config_from_json(data) -> ml_collections.ConfigDict:
-    """A ConfigDict from a JSON string or decoded dict (lists become tuples, as in the configs)."""
-    if isinstance(data, str):
-        data = json.loads(data)
+def get_sample_fn(config, spec: registry.SamplerSpec, batch_size: int):
+    """``fn(keys, params) -> (x, nfe)``: the `registry` sampler of ``spec`` for per-sample keys.
 
-    def convert(node):
-        if isinstance(node, dict):
-            return {k: convert(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return tuple(convert(v) for v in node)
-        return node
-
-    return ml_collections.ConfigDict(convert(data))
-
-
-def checkpoint_dir(workdir) -> str:
-    """``<workdir>/checkpoints``, where ``train`` writes its checkpoints."""
-    return os.path.join(os.fspath(workdir), CHECKPOINT_DIR)
-
-
-def available_steps(workdir) -> list[int]:
-    """Steps of the finished (committed) ``train`` checkpoints in ``workdir``, ascending."""
-    directory = checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(ocp.utils.checkpoint_steps(directory))
-
-
-def _step_dir(workdir, step: int) -> str:
-    return os.path.join(checkpoint_dir(workdir), str(step))
-
-
-def load_run_config(workdir, step: int | None = None) -> ml_collections.ConfigDict:
-    """The config that ``train`` saved with checkpoint ``step`` (default: the latest).
-
-    Raises:
-      FileNotFoundError: no checkpoint (or none with a saved config) in ``workdir``; the message
-        says to pass ``--config``.
+    Sample i's key is ``fold_in(PRNGKey(seed), i)`` (`Generator`); its prior draw x(T) comes
+    from ``fold_in(key, 0)`` and the sampler's noise from ``fold_in(key, 1)``, so all samplers of
+    one seed start from the same x(T). ``x`` is in model space [B, ...] and ``nfe`` [B] the score
+    evaluations each sample took.
     """
-    steps = available_steps(workdir)
-    if step is None and steps:
-        step = steps[-1]
-    path = None if step is None else os.path.join(_step_dir(workdir, step), checkpoints.CONFIG)
-    if path is None or not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"No config saved with the checkpoints in {checkpoint_dir(workdir)} (steps found: "
-            f"{steps}); pass --config=PATH (the config the model was trained with)."
-        )
-    return config_from_json(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path))
-
-
-def resolve_config(config, workdir=None, checkpoint=None):
-    """``config`` if given, else the config saved with the ``train`` checkpoint to be used.
-
-    Args:
-      config: a ConfigDict or None.
-      workdir: the training run.
-      checkpoint: the ``--checkpoint`` value (a step number picks that step's saved config).
-
-    Raises:
-      ValueError: a released checkpoint file (which has no config) without ``config``.
-      FileNotFoundError: no saved config in ``workdir``.
-    """
-    if config is not None:
-        return config
-    if checkpoint is not None and os.path.isfile(str(checkpoint)):
-        raise ValueError(
-            f"--checkpoint={checkpoint} is a released checkpoint file, which carries no config: "
-            "pass --config=PATH (the config it was trained with)."
-        )
-    if workdir is None:
-        raise ValueError("Pass --workdir (a training run), or --config and --checkpoint=PATH.")
-    step = int(checkpoint) if checkpoint is not None and str(checkpoint).isdigit() else None
-    return load_run_config(workdir, step)
-
-
-def abstract_params(config):
-    """Shapes and dtypes of the network's parameters, without computing them."""
-    model = models.get_model(config)
-    x = jax.ShapeDtypeStruct((1, *pipeline.image_shape(config)), jnp.float32)
-    labels = jax.ShapeDtypeStruct((1,), jnp.float32)
-    variables = jax.eval_shape(
-        functools.partial(model.init, train=False), jax.random.PRNGKey(0), x, labels
-    )
-    return variables["params"]
-
-
-def restore_ema_params(config, workdir, step: int, mesh: jax.sharding.Mesh):
-    """The EMA parameters of ``train`` checkpoint ``step``, replicated over ``mesh``.
-
-    Only the EMA leaves are read (orbax partial restore), so neither the optimizer state nor the
-    device count of the training run matter.
-
-    Raises:
-      FileNotFoundError: no such step (the message lists the available ones).
-      checkpoints.CheckpointMismatchError: the checkpoint's network differs from ``config``'s.
-    """
-    path = os.path.join(_step_dir(workdir, step), checkpoints.STATE)
-    if step not in available_steps(workdir) or not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"No checkpoint for step {step} in {checkpoint_dir(workdir)}; available steps: "
-            f"{available_steps(workdir)}."
-        )
-    checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(path).item_metadata.tree
-    saved = traverse_util.flatten_dict(tree["train_state"]["ema_params"])
-    expected = traverse_util.flatten_dict(abstract_params(config))
-    problems = [
-        f"{'/'.join(k)}: checkpoint {tuple(saved[k].shape)}, network {v.shape}"
-        for k, v in expected.items()
-        if k in saved and tuple(saved[k].shape) != v.shape
-    ]
-    problems += [f"{'/'.join(k)}: not in the checkpoint" for k in expected if k not in saved]
-    problems += [f"{'/'.join(k)}: not in the network" for k in saved if k not in expected]
-    if problems:
-        raise checkpoints.CheckpointMismatchError(
-            f"Checkpoint {path} does not fit the network of this config ({len(problems)} "
-            f"differences, e.g. {problems[:5]}); pass the config the model was trained with."
-        )
-    replicated = NamedSharding(mesh, P())
-    target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-        traverse_util.unflatten_dict(expected),
-    )
-    item = {"train_state": {"ema_params": target}}
-    restored = checkpointer.restore(
-        path,
-        args=ocp.args.PyTreeRestore(
-            item=item,
-            restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), item),
-            partial_restore=True,
-        ),
-    )
-    return restored["train_state"]["ema_params"]
-
-
-def _is_pytorch_file(path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(4)
-    # PyTorch files are zip archives (torch >= 1.6) or bare pickles (protocol 2..5).
-    return head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedCheckpoint:
-    """EMA parameters and where they came from."""
-
-    params: object
-    step: int | None
-    source: str  # 'train', 'original' or 'pytorch'
-    path: str
-    tag: str  # short name for output files
-
-
-def load_checkpoint_params(config, *, workdir=None, checkpoint=None, mesh=None):
-    """Loads the EMA parameters named by ``checkpoint`` (the ``--checkpoint`` flag).
-
-    Args:
-      config: the model's config.
-      workdir: a ``train`` work directory (needed unless ``checkpoint`` is a file).
-      checkpoint: None (the latest ``train`` checkpoint in ``workdir``), a step number (int or
-        digit string) of ``workdir``, or the path of a released checkpoint file: an original
-        ``checkpoint_<k>`` (flax msgpack) or a PyTorch-port ``.pth``, detected by content.
-      mesh: the mesh to replicate the parameters over (default: all devices).
-
-    Returns:
-      A `LoadedCheckpoint`.
-
-    Raises:
-      FileNotFoundError: nothing to load, e.g. an unknown step (the message lists the steps).
-      ValueError: ``checkpoint`` is not a file and there is no ``workdir``; the checkpoint's
-        network differs from ``config``'s (`checkpoints.CheckpointMismatchError`).
-    """
-    mesh = distributed.create_mesh() if mesh is None else mesh
-    replicated = NamedSharding(mesh, P())
-    spec = None if checkpoint is None else str(checkpoint)
-    if spec is not None and os.path.isfile(spec):
-        if _is_pytorch_file(spec):
-            params, step = checkpoints.load_pytorch(spec, config)
-            source = "pytorch"
-        else:
-            params, step = checkpoints.load_original(spec, config)
-            source = "original"
-        tag = os.path.splitext(os.path.basename(spec))[0]
-        return LoadedCheckpoint(jax.device_put(params, replicated), step, source, spec, tag)
-    if workdir is None:
-        raise ValueError(
-            f"--checkpoint={spec!r} is not a file; pass --workdir of a training run (and a step "
-            "number) or the path of a checkpoint file."
-        )
-    steps = available_steps(workdir)
-    if spec is None:
-        if not steps:
-            raise FileNotFoundError(
-                f"No checkpoints in {checkpoint_dir(workdir)}; train first or pass "
-                "--checkpoint=PATH of a checkpoint file."
-            )
-        step = steps[-1]
-    elif spec.isdigit():
-        step = int(spec)
-    else:
-        raise FileNotFoundError(
-            f"--checkpoint={spec!r} is neither a step number nor an existing file; steps in "
-            f"{checkpoint_dir(workdir)}: {steps}."
-        )
-    params = restore_ema_params(config, workdir, step, mesh)
-    return LoadedCheckpoint(params, step, "train", _step_dir(workdir, step), f"step_{step}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Samplers.
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerSpec:
-    """Which sampler to run and its options (the sampling flags of ``sample`` / ``evaluate``).
-
-    Attributes:
-      name: one of `SAMPLERS`; None: ``config.sampling.method``.
-      num_steps: 'pc': number of noise levels N (default ``model.num_scales``; continuous-time
-        models only); 'ode': fixed steps instead of adaptive ones; 'sde': solver steps (default
-        N); 'heun' / 'dpm2' / 'dpm3': required.
-      solver: 'ode': diffrax method (default 'tsit5'); 'sde': 'euler' (default) or 'heun'.
-      rtol, atol: tolerances of the adaptive ODE solver.
-      reproduce_original: 'pc' only: the original's batch-shared Langevin step, corrector-first
-        order and Euler–Maruyama dt = 1/N (samples then depend on their batch-mates).
-    """
-
-    name: str | None = None
-    num_steps: int | None = None
-    solver: str | None = None
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    reproduce_original: bool = False
-
-    def describe(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-
-def _sampling_config(config, spec: SamplerSpec):
-    """``config`` with ``model.num_scales`` = the PC sampler's requested number of levels."""
-    if spec.name != "pc" or spec.num_steps is None:
-        return config
-    if not config.training.continuous:
-        raise ValueError(
-            "--num_steps changes the PC sampler's noise levels, which a discrete-time model "
-            f"(training.continuous=False) was trained on; keep N = {config.model.num_scales} or "
-            "use --sampler=ode/sde/heun/dpm2/dpm3."
-        )
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.model.num_scales = int(spec.num_steps)
-    return config
-
-
-def continuous_time_score_fn(config, sde, model_fn):
-    """The score function for solvers that evaluate it at arbitrary times (ODE, SDE, likelihood).
-
-    The original hard-codes ``continuous=True`` there (docs/original_code.md, D9), which crashes
-    discrete VE models (they take integer noise indices); those get their discrete labels (rounded
-    times) instead. Discrete VP models keep the original's approximation (999·t labels, continuous
-    std).
-    """
-    continuous = config.training.continuous or not isinstance(sde, sde_lib.VESDE)
-    return score_fns.get_score_fn(sde, model_fn, continuous=continuous)
-
-
-def get_sampler(config, spec: SamplerSpec, batch_size: int):
-    """Builds ``fn(keys, params) -> (x, nfe)`` for batches of ``batch_size`` samples.
-
-    ``keys`` are the per-sample keys [B] (see the module docstring); ``x`` is in model space
-    [B, ...] and ``nfe`` [B] the score evaluations each sample took. The PC sampler uses the
-    network's own time conditioning (``training.continuous``); the others evaluate the score at
-    arbitrary times and use `continuous_time_score_fn`. The PC sampler reads
-    ``config.sampling`` (predictor, corrector, snr, n_steps_each, noise_removal,
-    probability_flow; see docs/configs.md); the others (ODE and SDE solvers, and the few-step
-    'heun', 'dpm2', 'dpm3' beyond the paper) finish with a denoising step (Tweedie's formula,
-    docs/original_code.md#samplers) when ``sampling.noise_removal``. The end time is
-    `sde_lib.get_sampling_eps`.
-
-    Raises:
-      ValueError: unknown sampler (valid names listed), missing ``num_steps``, DPM-Solver on a
-        VE SDE, ...
-    """
-    name = str(spec.name or config.sampling.method).lower()
-    if name not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {spec.name!r}; valid names: {list(SAMPLERS)}.")
-    if name in ("heun", "dpm2", "dpm3") and spec.num_steps is None:
-        raise ValueError(f"--sampler={name} needs --num_steps (e.g. 18 for heun, 20 for dpm).")
-    if spec.reproduce_original and name != "pc":
-        raise ValueError("--reproduce_original applies to --sampler=pc only.")
-    config = _sampling_config(config, dataclasses.replace(spec, name=name))
-    sde = sde_lib.get_sde(config)
-    eps = sde_lib.get_sampling_eps(config)
-    model_fn = models.get_model_fn(models.get_model(config))
-    if name == "pc":
-        score_fn = score_fns.get_score_fn(sde, model_fn, continuous=config.training.continuous)
-    else:
-        score_fn = continuous_time_score_fn(config, sde, model_fn)
     shape = (batch_size, *pipeline.image_shape(config))
-    s = config.sampling
-    solver_kwargs = {} if spec.solver is None else {"method": spec.solver}
-    if name == "pc":
-        sampler = sampling.get_pc_sampler(
-            sde,
-            score_fn,
-            shape,
-            predictor=s.predictor.lower(),
-            corrector=s.corrector.lower(),
-            snr=s.snr,
-            n_steps=s.n_steps_each,
-            probability_flow=s.probability_flow,
-            denoise=s.noise_removal,
-            eps=eps,
-            reproduce_original=spec.reproduce_original,
-        )
-    elif name == "ode":
-        sampler = sampling.get_ode_sampler(
-            sde,
-            score_fn,
-            shape,
-            rtol=spec.rtol,
-            atol=spec.atol,
-            eps=eps,
-            denoise=s.noise_removal,
-            num_steps=spec.num_steps,
-            **solver_kwargs,
-        )
-    elif name == "sde":
-        sampler = sampling.get_sde_sampler(
-            sde,
-            score_fn,
-            shape,
-            num_steps=spec.num_steps,
-            eps=eps,
-            denoise=s.noise_removal,
-            **solver_kwargs,
-        )
-    elif name == "heun":
-        sampler = few_step.get_heun_sampler(
-            sde, score_fn, shape, spec.num_steps, eps=eps, denoise=s.noise_removal
-        )
-    else:
-        sampler = few_step.get_dpm_solver_sampler(
-            sde,
-            score_fn,
-            shape,
-            spec.num_steps,
-            order=int(name[-1]),
-            eps=eps,
-            denoise=s.noise_removal,
-        )
+    model_fn = models.get_model_fn(models.get_model(config))
+    sampler = registry.get_sampler(config, model_fn, shape, spec)
+    sde = registry.get_sde(config, spec)
 
     def sample_fn(keys, params):
         prior_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, _PRIOR_STREAM)
-        z = pc.prior_sample(sde, prior_keys, shape)
+        z = prior_sample(sde, prior_keys, shape)
         sampler_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, _SAMPLER_STREAM)
         # Deterministic samplers only read z; the others draw their noise from per-sample keys.
         x, nfe = sampler(sampler_keys, params, z=z)
         return x, jnp.broadcast_to(jnp.asarray(nfe, jnp.int32), (batch_size,))
 
     return sample_fn
-
-
-def to_uint8(x) -> jax.Array:
-    """Images in [0, 1] -> uint8 by rounding (k / 255 -> k); out-of-range values are clipped."""
-    return jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
 
 class Generator:
@@ -444,7 +75,7 @@ class Generator:
     and int32 NFE per sample, identical on every process.
     """
 
-    def __init__(self, config, spec: SamplerSpec, batch_size: int, mesh=None, raw=False):
+    def __init__(self, config, spec: registry.SamplerSpec, batch_size: int, mesh=None, raw=False):
         self.mesh = distributed.create_mesh() if mesh is None else mesh
         num_devices = self.mesh.devices.size
         if batch_size <= 0 or batch_size % num_devices:
@@ -453,12 +84,14 @@ class Generator:
                 f"of devices ({num_devices})."
             )
         self.batch_size = batch_size
-        self.is_image = datasets.canonical_name(config.data.dataset) != "TOY2D"
+        self.is_image = datasets.is_image(config)
         self._split = NamedSharding(self.mesh, P("data"))
         replicated = NamedSharding(self.mesh, P())
-        sample_fn = get_sampler(config, spec, batch_size)
+        sample_fn = get_sample_fn(config, spec, batch_size)
         inverse_scaler = pipeline.get_data_inverse_scaler(config)
-        to_output = (lambda x: to_uint8(inverse_scaler(x))) if self.is_image and not raw else None
+        to_output = (
+            (lambda x: image_io.to_uint8(inverse_scaler(x))) if self.is_image and not raw else None
+        )
 
         def run(indices, seed, params):
             base = jax.random.PRNGKey(seed)
@@ -511,32 +144,35 @@ def generate(
     num_batches = math.ceil(num_samples / generator.batch_size)
     outputs, nfes = [], []
     tic = time.time()
-    for b in range(num_batches):
-        first = start + b * generator.batch_size
-        x, nfe = generator(params, seed, first)
-        keep = min(generator.batch_size, num_samples - b * generator.batch_size)
-        x, nfe = x[:keep], nfe[:keep]
-        outputs.append(x)
-        nfes.append(nfe)
-        if on_batch is not None:
-            on_batch(first, x, nfe)
-        done = b + 1
-        if done % log_every == 0 or done == num_batches:
-            elapsed = time.time() - tic
-            eta = elapsed / done * (num_batches - done)
-            all_nfe = np.concatenate(nfes)
-            logging.info(
-                "[%s] batch %d/%d: %d/%d samples | NFE per sample %s | %.1f s elapsed, ETA %.0f s",
-                "#" * int(20 * done / num_batches) + "." * (20 - int(20 * done / num_batches)),
-                done,
-                num_batches,
-                sum(len(o) for o in outputs),
-                num_samples,
-                _describe_nfe(all_nfe),
-                elapsed,
-                eta,
-            )
+    with progress.bar(num_samples, "sampling", unit="sample") as samples_bar:
+        with progress.steps():
+            for b in range(num_batches):
+                progress.reset()
+                first = start + b * generator.batch_size
+                x, nfe = generator(params, seed, first)
+                keep = min(generator.batch_size, num_samples - b * generator.batch_size)
+                outputs.append(x[:keep])
+                nfes.append(nfe[:keep])
+                samples_bar.update(keep)
+                if on_batch is not None:
+                    on_batch(first, outputs[-1], nfes[-1])
+                if (b + 1) % log_every == 0 or b + 1 == num_batches:
+                    _log_batch(b + 1, num_batches, outputs, nfes, num_samples, tic)
     return np.concatenate(outputs), np.concatenate(nfes)
+
+
+def _log_batch(done, num_batches, outputs, nfes, num_samples, tic) -> None:
+    elapsed = time.time() - tic
+    logging.info(
+        "batch %d/%d: %d/%d samples | NFE per sample %s | %.1f s elapsed, ETA %.0f s",
+        done,
+        num_batches,
+        sum(len(o) for o in outputs),
+        num_samples,
+        _describe_nfe(np.concatenate(nfes)),
+        elapsed,
+        elapsed / done * (num_batches - done),
+    )
 
 
 def _describe_nfe(nfe: np.ndarray) -> str:
@@ -579,7 +215,7 @@ def sample_to_file(
     *,
     workdir=None,
     checkpoint=None,
-    spec: SamplerSpec | None = None,
+    spec: registry.SamplerSpec | None = None,
     num_samples: int = 64,
     batch_size: int | None = None,
     seed: int = 0,
@@ -589,9 +225,9 @@ def sample_to_file(
     """What ``python -m score_sde_jax.sample`` does: load, sample, write ``.npz`` + ``.png``.
 
     Args:
-      config: the model's config; None: the one saved with the run (`resolve_config`).
+      config: the model's config; None: the one saved with the run (`checkpoints.resolve_config`).
       workdir: the training run (checkpoints; default output folder).
-      checkpoint: see `load_checkpoint_params`.
+      checkpoint: see `checkpoints.load_checkpoint_params`.
       spec: the `SamplerSpec` (default: ``config.sampling.method`` with default options).
       num_samples: number of samples.
       batch_size: global samples per step (default `default_batch_size`).
@@ -609,13 +245,15 @@ def sample_to_file(
         raise ValueError("Pass --workdir or --output (where to write the samples).")
     if num_samples < 1:
         raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
-    config = resolve_config(config, workdir, checkpoint)
+    config = checkpoints.resolve_config(config, workdir, checkpoint)
     mesh = distributed.create_mesh() if mesh is None else mesh
-    spec = spec or SamplerSpec()
+    spec = spec or registry.SamplerSpec()
     if spec.name is None:
         spec = dataclasses.replace(spec, name=str(config.sampling.method).lower())
     batch_size = batch_size or default_batch_size(config, num_samples, mesh.devices.size)
-    loaded = load_checkpoint_params(config, workdir=workdir, checkpoint=checkpoint, mesh=mesh)
+    loaded = checkpoints.load_checkpoint_params(
+        config, workdir=workdir, checkpoint=checkpoint, mesh=mesh
+    )
     generator = Generator(config, spec, batch_size, mesh)
     logging.info(
         "Sampling %d from %s (%s checkpoint, step %s) with %s, seed %d, batch %d on %d devices "

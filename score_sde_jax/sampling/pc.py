@@ -19,68 +19,19 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import sde_lib
+from score_sde_jax import progress, sde_lib
+from score_sde_jax.sampling.common import (
+    check_positive_int,
+    check_prior_sample,
+    check_shape,
+    fold_in_per_sample,
+    normal_like,
+    per_sample_keys,
+    prior_sample,
+    resolve_eps,
+    split_per_sample,
+)
 from score_sde_jax.sde_lib import batch_mul
-
-# ----------------------------------------------------------------------------------------------
-# Shared helpers (also used by ode_sampling).
-# ----------------------------------------------------------------------------------------------
-
-
-def resolve_eps(sde: sde_lib.SDE, eps) -> float:
-    """``eps`` as a float in (0, T); ``None`` selects the original's end time."""
-    eps = sde_lib.default_sampling_eps(sde) if eps is None else float(eps)
-    if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}.")
-    return eps
-
-
-def check_shape(shape) -> tuple[int, ...]:
-    """The sample shape ``[B, ...]`` as a tuple of positive ints."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or min(shape) <= 0:
-        raise ValueError(f"shape must be [batch, ...] with positive sizes, got {shape}.")
-    return shape
-
-
-def check_prior_sample(z, shape):
-    """Raises unless the given prior sample ``z`` has the sampler's ``shape``."""
-    if z is not None and tuple(z.shape) != shape:
-        raise ValueError(f"z has shape {tuple(z.shape)} but the sampler was built for {shape}.")
-
-
-def per_sample_keys(rng, batch_size: int):
-    """One key per sample: ``rng`` split ``batch_size`` ways, or ``rng`` itself if already [B]."""
-    typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
-    if rng.ndim == (0 if typed else 1):
-        return jax.random.split(rng, batch_size)
-    if rng.shape[0] != batch_size:
-        raise ValueError(
-            f"Got {rng.shape[0]} per-sample keys for a batch of {batch_size}; pass one key "
-            "or exactly one key per sample."
-        )
-    return rng
-
-
-def split_per_sample(keys, num: int):
-    """Splits each per-sample key ``num`` ways: a tuple of ``num`` key batches."""
-    split = jax.vmap(lambda k: jax.random.split(k, num))(keys)
-    return tuple(split[:, j] for j in range(num))
-
-
-def fold_in_per_sample(keys, data):
-    """``fold_in(keys[b], data)`` for every per-sample key."""
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
-
-
-def normal_like(keys, x):
-    """Standard normal noise shaped like ``x`` [B, ...], sample b drawn from ``keys[b]``."""
-    return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
-
-
-def prior_sample(sde: sde_lib.SDE, keys, shape):
-    """x(T) ~ p_T for each per-sample key."""
-    return jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(keys)
 
 
 def _norm_per_sample(x):
@@ -279,8 +230,7 @@ def langevin_alpha(sde: sde_lib.SDE, t):
 def _check_corrector_args(snr, n_steps):
     if not float(snr) > 0:
         raise ValueError(f"snr must be positive, got {snr}.")
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps}.")
+    check_positive_int("n_steps", n_steps)
 
 
 def _langevin_loop(step_size_fn, score_fn, n_steps):
@@ -415,6 +365,7 @@ def pc_loop(
         x, x_mean = predictor_update(pred_key, params, x, vec_t, dt)
         if projection is not None:
             x, x_mean = projection(pred_proj_key, x, x_mean, jnp.maximum(vec_t - dt, 0.0))
+        progress.tick(i, n)
         return (x, x_mean), None
 
     ts = jnp.linspace(sde.T, eps, n)
@@ -461,8 +412,7 @@ def get_pc_sampler(
     """
     shape = check_shape(shape)
     eps = resolve_eps(sde, eps)
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps}.")
+    check_positive_int("n_steps", n_steps)
     predictor_update = get_predictor(predictor)(sde, score_fn, probability_flow)
     corrector_update = get_corrector(corrector)(
         sde, score_fn, snr, n_steps, batch_pooled=reproduce_original

@@ -6,7 +6,7 @@ training.sde = 'vesde'. As in every NCSN v1 config, model.num_classes (never set
 docs/original_code.md, D11) is tied to model.num_scales.
 """
 
-from configs import default_celeba_configs
+from score_sde_jax.configs import default_celeba_configs
 
 
 def get_config():

@@ -6,7 +6,7 @@ geometric noise levels; 4: 5 Langevin steps per level with snr 0.128. Inherits t
 model.num_scales.
 """
 
-from configs.ve.ncsn import celeba
+from score_sde_jax.configs.ve.ncsn import celeba
 
 
 def get_config():

@@ -4,7 +4,7 @@ Inherits the NCSN v1 fix of `celeba`: model.num_classes, missing in the original
 (docs/original_code.md, D11), follows model.num_scales.
 """
 
-from configs.ve.ncsn import celeba_124
+from score_sde_jax.configs.ve.ncsn import celeba_124
 
 
 def get_config():

@@ -4,7 +4,7 @@ Inherits the NCSN v1 fix of `celeba`: model.num_classes, missing in the original
 (docs/original_code.md, D11), is tied to model.num_scales.
 """
 
-from configs.ve.ncsn import celeba
+from score_sde_jax.configs.ve.ncsn import celeba
 
 
 def get_config():

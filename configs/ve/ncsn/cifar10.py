@@ -5,7 +5,7 @@ noise-conditional normalizations need, so the network could not be built. It is 
 model.num_scales (one embedding row per noise level), and follows command-line overrides of it.
 """
 
-from configs import default_cifar10_configs
+from score_sde_jax.configs import default_cifar10_configs
 
 
 def get_config():

@@ -6,7 +6,7 @@ geometric noise levels; 4: 5 Langevin steps per level with snr 0.176. Inherits t
 model.num_scales.
 """
 
-from configs.ve.ncsn import cifar10
+from score_sde_jax.configs.ve.ncsn import cifar10
 
 
 def get_config():

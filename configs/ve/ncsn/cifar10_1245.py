@@ -4,7 +4,7 @@ Inherits the NCSN v1 fix of `cifar10`: model.num_classes, missing in the origina
 (docs/original_code.md, D11), follows model.num_scales.
 """
 
-from configs.ve.ncsn import cifar10_124
+from score_sde_jax.configs.ve.ncsn import cifar10_124
 
 
 def get_config():

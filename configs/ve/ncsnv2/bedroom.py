@@ -6,7 +6,7 @@ which indexes its σ table with integer labels and fails. This file sets trainin
 the discrete SMLD training the config was written for.
 """
 
-from configs import default_lsun_configs
+from score_sde_jax.configs import default_lsun_configs
 
 
 def get_config():

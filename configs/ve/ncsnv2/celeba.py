@@ -3,7 +3,7 @@
 See docs/configs.md.
 """
 
-from configs import default_celeba_configs
+from score_sde_jax.configs import default_celeba_configs
 
 
 def get_config():

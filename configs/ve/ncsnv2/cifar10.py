@@ -1,6 +1,6 @@
 """NCSNv2 on CIFAR-10: σ from 50 to 0.01 in N = 232 levels, annealed Langevin (docs/configs.md)."""
 
-from configs import default_cifar10_configs
+from score_sde_jax.configs import default_cifar10_configs
 
 
 def get_config():

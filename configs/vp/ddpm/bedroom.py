@@ -1,6 +1,6 @@
 """DDPM (Ho et al.) on LSUN bedroom 256 x 256, VP SDE (docs/configs.md)."""
 
-from configs import default_lsun_configs
+from score_sde_jax.configs import default_lsun_configs
 
 
 def get_config():

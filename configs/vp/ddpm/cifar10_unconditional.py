@@ -1,6 +1,6 @@
 """The DDPM U-Net without time input on CIFAR-10, discrete DDPM loss, VP SDE (docs/configs.md)."""
 
-from configs import default_cifar10_configs
+from score_sde_jax.configs import default_cifar10_configs
 
 
 def get_config():

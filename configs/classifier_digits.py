@@ -3,7 +3,7 @@
 A noise-conditional classifier p_φ(y | x, σ) of scikit-learn's 1,797 8×8 handwritten digits
 (labels: the digit; the last 180 images are held out), trained on VE-perturbed images
 y + σ z, y ∈ [0, 1] (paper App. I.1). It guides class-conditional sampling of the digits score model
-(`score_sde_jax/configs/digits.py`): `wideresnet.get_classifier_fn` shows it that model's
+(`configs/digits.py`): `wideresnet.get_classifier_fn` shows it that model's
 x(t) at σ = s(t) / (2 m(t)), about 0.005 at the sampler's t = 1e-3 and 76 at t = 1 for the VP SDE,
 hence the σ range [0.005, 100]. Every value is our choice. About four CPU minutes on a 2-core
 machine; held-out accuracy after the 1,500 steps: 97 % at σ in [0.005, 0.036], 95 % up to 0.26,

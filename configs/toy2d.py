@@ -1,7 +1,7 @@
 """A 2-D toy problem: a residual MLP with the VP SDE on a Gaussian mixture (seconds on a CPU).
 
 The data are 10,000 points of eight isotropic Gaussians (std 0.1) on the circle of radius 2
-(`score_sde_jax.data.datasets.toy_mixture`); snapshots are scatter plots. Same key layout as the
+(`score_sde_jax.data.toy2d.toy_mixture`); snapshots are scatter plots. Same key layout as the
 paper configs (docs/configs.md).
 """
 

@@ -1,29 +1,11 @@
-"""Training of the noise-conditional classifier p_φ(y | x, σ) (paper App. I.1).
+"""Training the noise-conditional classifier p_φ(y | x, σ) (paper App. I.1): its objective, its
+per-band evaluation, its task for `loop.train`, and `train_classifier` (docs/training.md).
 
 The classifier (`score_sde_jax.models.wideresnet.WideResnet`) guides class-conditional sampling
-through ∇_x log p_φ(y | x, σ) (`score_sde_jax.sampling.controllable.get_pc_conditional_sampler`). It is
-trained on VE-perturbed images: x = y + σ z with y ∈ [0, 1] the clean image, z ~ N(0, I) and
-log σ ~ U[log σ_min, log σ_max] per example — exactly the noise levels σ(t) = σ_min (σ_max /
-σ_min)^t that the VE SDE reaches at t ~ U[0, 1] — with the cross-entropy of the logits against
-the image's label as the loss (the paper's "mixture of cross-entropy losses over time steps").
-`wideresnet.get_classifier_fn` maps the samples of any linear SDE to this input space. See also
-docs/original_code.md#controllable-generation.
-
-`train_and_evaluate(config, workdir)` mirrors `score_sde_jax.train_lib.train_and_evaluate` and
-reuses its pieces: the ``("data",)`` mesh, the optimizer and learning-rate schedule
-(``config.optim``), the `TrainState` (with EMA), orbax checkpoints with preemption-safe resume
-and clu metric writers. Config keys specific to the classifier live in ``config.classifier``:
-
-* ``blocks_per_group``, ``channel_multiplier``, ``num_classes``: the WRN-(6·blocks + 4)-(mult);
-* ``sigma_min``, ``sigma_max``: the training noise range (VE σ);
-* ``data_mean``, ``data_std``: per-channel statistics of the images y (`get_logit_fn`);
-* ``ema_rate``: EMA decay of the parameters used for evaluation and sampling;
-* ``num_eval_bands``: the held-out accuracy is reported in this many equal-width bands of log σ.
+through ∇_x log p_φ(y | x, σ) (`score_sde_jax.sampling.controllable.get_pc_conditional_sampler`);
+its config keys live in ``config.classifier`` (docs/training.md#the-classifier).
 """
 
-import functools
-import math
-import os
 import pathlib
 
 import jax
@@ -31,16 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde_jax import checkpoints, distributed, train_lib, train_loop
-from score_sde_jax.data import datasets, pipeline
+from score_sde_jax import checkpoints
+from score_sde_jax.data import datasets, image_folder, pipeline
 from score_sde_jax.models import wideresnet
+from score_sde_jax.training import loop
+from score_sde_jax.training.optimizer import create_optimizer
+from score_sde_jax.training.state import TrainState
 
 # Datasets whose images carry class labels, and how many classes they have.
-_NUM_CLASSES = {"CIFAR10": 10, "SVHN": 10, "DIGITS": 10}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,6 +58,12 @@ def get_classifier_fn(config, classifier, sde, centered: bool):
     )
 
 
+def init_params(classifier, rng, image_shape):
+    """Initial parameters of ``classifier`` for images of ``image_shape`` (H, W, C)."""
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    return classifier.init(rng, x, jnp.ones((1,), jnp.float32))["params"]
+
+
 def dataset_num_classes(config) -> int:
     """Number of classes of ``config.data.dataset``.
 
@@ -83,14 +72,14 @@ def dataset_num_classes(config) -> int:
       FileNotFoundError: a ``FOLDER`` dataset whose folder does not exist.
     """
     name = datasets.canonical_name(config.data.dataset)
-    if name in _NUM_CLASSES:
-        return _NUM_CLASSES[name]
+    if datasets.DATASETS[name].num_classes:
+        return datasets.DATASETS[name].num_classes
     if name == "FOLDER":
         classes = {}  # data.path / data.eval_path -> class subdirectory names
         for key in ("path", "eval_path"):
             root = config.data.get(key, None)
             if root:
-                files, labels = datasets.list_images(root)
+                files, labels = image_folder.list_images(root)
                 root = pathlib.Path(root).expanduser()
                 # All labels 0: the images are not all in subdirectories, or in a single one.
                 names = {f.relative_to(root).parts[0] for f in files} if labels.any() else ()
@@ -108,14 +97,14 @@ def dataset_num_classes(config) -> int:
         return len(classes["path"])
     raise ValueError(
         f"data.dataset={config.data.dataset!r} has no class labels to train a classifier on; "
-        f"use one of {', '.join(_NUM_CLASSES)} or FOLDER (one subdirectory per class)."
+        f"use one of {', '.join(n for n, d in datasets.DATASETS.items() if d.num_classes)} or FOLDER (one subdirectory per class)."
     )
 
 
 def validate_config(config, num_devices: int, num_processes: int) -> None:
     """Raises ValueError for settings the classifier loop cannot run.
 
-    On top of `train_lib.validate_config` (batch sizes, step frequencies, Adam): the dataset has
+    On top of `loop.validate_config` (batch sizes, step frequencies, Adam): the dataset has
     ``classifier.num_classes`` classes, 0 < σ_min < σ_max, channel statistics match the images,
     the image size is a multiple of 4 (the WRN halves it twice) and there is no gradient
     accumulation (not implemented here).
@@ -123,9 +112,9 @@ def validate_config(config, num_devices: int, num_processes: int) -> None:
     if "classifier" not in config:
         raise ValueError(
             "The config has no 'classifier' section: it is not a classifier config. Use "
-            "score_sde_jax/configs/classifier_digits.py or configs/classifier/*.py."
+            "configs/classifier_digits.py or configs/classifier/*.py."
         )
-    train_lib.validate_config(config, num_devices, num_processes)
+    loop.validate_config(config, num_devices, num_processes)
     c = config.classifier
     if config.training.get("grad_accum_steps", 1) != 1:
         raise ValueError("training.grad_accum_steps must be 1 for the classifier.")
@@ -156,7 +145,7 @@ def validate_config(config, num_devices: int, num_processes: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Loss, steps and evaluation.
+# Objective and evaluation.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -198,62 +187,6 @@ def get_loss_fn(logits_fn, sigma_min: float, sigma_max: float, inverse_scaler=la
         return loss, accuracy
 
     return loss_fn
-
-
-def compile_without_optimizations(fn, *args, **jit_kwargs):
-    """``jax.jit(fn, **jit_kwargs)`` compiled for ``args`` without XLA's backend optimisations.
-
-    For functions that run once, such as initialisation: optimising the WRN's truncated-normal
-    initialisers makes XLA:CPU compile them about ten times longer than a whole training step.
-    """
-    lowered = jax.jit(fn, **jit_kwargs).lower(*args)
-    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
-
-
-def init_params(classifier, rng, image_shape):
-    """Initial parameters of ``classifier`` for images of ``image_shape`` (H, W, C)."""
-    x = jnp.zeros((1, *image_shape), jnp.float32)
-    return classifier.init(rng, x, jnp.ones((1,), jnp.float32))["params"]
-
-
-def create_train_state(config, classifier, rng, optimizer) -> train_lib.TrainState:
-    """Initial parameters (EMA = a copy of them) and optimizer state of ``classifier``."""
-    params = init_params(classifier, rng, pipeline.image_shape(config))
-    return train_lib.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        ema_params=jax.tree.map(jnp.copy, params),
-        opt_state=optimizer.init(params),
-    )
-
-
-def train_step(state, batch, rng, *, loss_fn, optimizer, learning_rate_fn, ema_rate):
-    """One optimizer update on ``batch = {"image", "label"}`` (updates as in `train_lib`).
-
-    Returns:
-      The new state and ``{"loss", "accuracy", "grad_norm", "learning_rate"}``.
-    """
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, accuracy), grads = grad_fn(state.params, rng, batch["image"], batch["label"])
-    new_state, lr = train_lib.apply_update(
-        state, grads, optimizer=optimizer, learning_rate_fn=learning_rate_fn, ema_rate=ema_rate
-    )
-    metrics = {
-        "loss": loss,
-        "accuracy": accuracy,
-        "grad_norm": optax.tree.norm(grads),
-        "learning_rate": lr,
-    }
-    return new_state, metrics
-
-
-def train_steps(state, batches, rng, **step_kwargs):
-    """`train_step` over the leading axis of ``batches``, update k with key fold_in(rng, k)."""
-
-    def body(state, batch):
-        return train_step(state, batch, jax.random.fold_in(rng, state.step), **step_kwargs)
-
-    return jax.lax.scan(body, state, batches)
 
 
 def band_edges(sigma_min: float, sigma_max: float, num_bands: int) -> tuple[float, ...]:
@@ -361,153 +294,95 @@ def restore_params(config, workdir: str):
       FileNotFoundError: there is no checkpoint.
       RuntimeError: none of the checkpoints fits ``config``'s network.
     """
-    directory = os.path.join(os.fspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"No classifier checkpoints in {directory}; train one first.")
+    run = checkpoints.RunFolder(workdir)
+    if not run.steps():
+        raise FileNotFoundError(
+            f"No classifier checkpoints in {run.checkpoint_dir}; train one first."
+        )
     classifier = create_classifier(config)
-    optimizer = train_lib.create_optimizer(config)
+    optimizer = create_optimizer(config)
     rng = np.asarray(jax.random.PRNGKey(0))
+    shape = pipeline.image_shape(config)
     abstract = jax.eval_shape(
-        functools.partial(create_train_state, config, classifier, optimizer=optimizer), rng
+        lambda rng: TrainState.create(init_params(classifier, rng, shape), optimizer), rng
     )
-    with checkpoints.CheckpointManager(directory) as ckpt:
+    with run.manager() as ckpt:
         restored = ckpt.restore_latest(abstract, rng)
     if restored is None:
-        raise FileNotFoundError(f"No classifier checkpoints in {directory}; train one first.")
+        raise FileNotFoundError(
+            f"No classifier checkpoints in {run.checkpoint_dir}; train one first."
+        )
     state, _, step = restored
     return state.ema_params, step
 
 
 # ----------------------------------------------------------------------------------------------
-# The driver.
+# The task.
 # ----------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = None):
-    """Trains (or resumes training of) the classifier of ``config`` in ``workdir``.
+class Classifier:
+    """The noise-conditional classifier as a `loop.Task`: cross-entropy of VE-perturbed labelled
+    images (`get_loss_fn`); the held-out loss and accuracy per σ band (`create_evaluator`) every
+    ``eval_freq`` steps and at the end; no snapshots."""
 
-    Writes ``checkpoints/`` (orbax; every ``training.snapshot_freq`` and
-    ``snapshot_freq_for_preemption`` steps and at the end) and ``tensorboard/`` (train loss and
-    accuracy every ``log_freq`` steps; held-out loss and accuracy per σ band every ``eval_freq``
-    steps and at the end). A re-run with the same workdir resumes from the newest readable
-    checkpoint; SIGTERM saves a checkpoint and returns early.
-
-    Args:
-      config: the classifier config (see the module docstring).
-      workdir: output folder (created if needed).
-      mesh: a 1-D ``("data",)`` mesh; default `distributed.create_mesh()` over all devices.
-
-    Returns:
-      The final `train_lib.TrainState` (replicated over ``mesh``); ``ema_params`` are the
-      classifier's parameters for sampling.
-
-    Raises:
-      ValueError: bad config (see `validate_config`) or labels outside [0, num_classes).
-      train_loop.NonFiniteLossError: the training loss became NaN/inf.
-    """
-    t, c = config.training, config.classifier
-    mesh = distributed.create_mesh() if mesh is None else mesh
-    validate_config(config, mesh.devices.size, jax.process_count())
-    is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-
-    replicated = NamedSharding(mesh, P())
-    batches_sharding = NamedSharding(mesh, P(None, "data"))  # [n_jitted_steps, B, ...]
-    shape = pipeline.image_shape(config)
-    n_jitted = t.n_jitted_steps
-    total_steps = math.ceil(t.n_iters / n_jitted) * n_jitted
-    writer = metric_writers.create_default_writer(
-        os.path.join(workdir, "tensorboard"), just_logging=not is_main
+    train_log = loop.TrainLog(
+        metrics=("loss", "accuracy", "grad_norm"),
+        line="step {step}/{total_steps} | loss {train_loss:.4g} | accuracy {train_accuracy:.3f} "
+        "| lr {learning_rate:.3g} | grad_norm {train_grad_norm:.3g} | {speed}",
+        speed="{steps_per_sec:.2f} steps/s",
     )
-    data_dir = config.data.get("data_dir", None)
-    train_iter, _ = pipeline.create_datasets(
-        config,
-        seed=config.seed,
-        data_dir=data_dir,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    evaluate = create_evaluator(config, mesh, data_dir)
+    eval_at_end = True
+    optimize_init = False  # see `loop.compile_without_optimizations`
+    validate_config = staticmethod(validate_config)
 
-    classifier = create_classifier(config)
-    loss_fn = get_loss_fn(
-        get_logit_fn(config, classifier),
-        c.sigma_min,
-        c.sigma_max,
-        pipeline.get_data_inverse_scaler(config),
-    )
-    optimizer = train_lib.create_optimizer(config)
-    rng = np.asarray(jax.random.PRNGKey(config.seed))
-    init_rng = jax.random.fold_in(rng, 0)
-    state = compile_without_optimizations(
-        functools.partial(create_train_state, config, classifier, optimizer=optimizer),
-        init_rng,
-        out_shardings=replicated,
-    )(init_rng)
-
-    iterators = {checkpoints.TRAIN_ITER: train_iter}
-    ckpt, state, rng, initial_step, resumed = train_lib.open_checkpoints(
-        config, workdir, state, rng, iterators, writer
-    )
-    train_rng, eval_rng = jax.random.fold_in(rng, 1), jax.random.fold_in(rng, 2)
-
-    p_train_steps = jax.jit(
-        functools.partial(
-            train_steps,
-            loss_fn=loss_fn,
-            optimizer=optimizer,
-            learning_rate_fn=train_lib.create_learning_rate_fn(config),
-            ema_rate=c.ema_rate,
-        ),
-        in_shardings=(replicated, batches_sharding, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
-
-    def global_batches():
-        local = [next(train_iter) for _ in range(n_jitted)]
-        labels = np.stack([b["label"] for b in local]).astype(np.int32)
-        if labels.min() < 0 or labels.max() >= c.num_classes:
-            raise ValueError(
-                f"The data hold label {labels.max()} (or {labels.min()}), outside "
-                f"[0, classifier.num_classes={c.num_classes})."
-            )
-        images = np.stack([b["image"] for b in local]).astype(np.float32)
-        make = jax.make_array_from_process_local_data
-        return {
-            "image": make(batches_sharding, images, (n_jitted, t.batch_size, *shape)),
-            "label": make(batches_sharding, labels, (n_jitted, t.batch_size)),
-        }
-
-    def save(step, state):
-        ckpt.save(step, state, rng, iterators=iterators, config=config)
-
-    def on_log(step, interval):
-        scalars = {
-            f"train_{k}": float(np.mean(interval.metrics[k]))
-            for k in ("loss", "accuracy", "grad_norm")
-        }
-        scalars["learning_rate"] = float(interval.metrics["learning_rate"][-1])
-        if interval.steps_per_sec is None:
-            speed = f"first step incl. compilation {train_loop.format_duration(interval.seconds)}"
-        else:
-            scalars["steps_per_sec"] = interval.steps_per_sec
-            speed = f"{interval.steps_per_sec:.2f} steps/s"
-        writer.write_scalars(step, scalars)
-        logging.info(
-            "step %d/%d | loss %.4g | accuracy %.3f | lr %.3g | grad_norm %.3g | %s",
-            step,
-            total_steps,
-            scalars["train_loss"],
-            scalars["train_accuracy"],
-            scalars["learning_rate"],
-            scalars["train_grad_norm"],
-            speed,
+    def __init__(self, config, mesh, workdir: str, writer):
+        del workdir  # nothing but checkpoints and scalars
+        c = config.classifier
+        self.config, self.writer = config, writer
+        data_dir = config.data.get("data_dir", None)
+        self.train_iter, _ = pipeline.create_datasets(
+            config,
+            seed=config.seed,
+            data_dir=data_dir,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        self.iterators = {checkpoints.TRAIN_ITER: self.train_iter}
+        self._evaluate = create_evaluator(config, mesh, data_dir)
+        self.classifier = create_classifier(config)
+        self.ema_rate = c.ema_rate
+        loss_fn = get_loss_fn(
+            get_logit_fn(config, self.classifier),
+            c.sigma_min,
+            c.sigma_max,
+            pipeline.get_data_inverse_scaler(config),
         )
 
-    def on_eval(step, state):
-        metrics = evaluate(state.ema_params, eval_rng)
-        writer.write_scalars(step, metrics)
+        def batch_loss(params, rng, batch):
+            loss, accuracy = loss_fn(params, rng, batch["image"], batch["label"])
+            return loss, {"accuracy": accuracy}
+
+        self.loss_fn = batch_loss
+
+    def init_params(self, rng):
+        return init_params(self.classifier, rng, pipeline.image_shape(self.config))
+
+    def next_batches(self, num: int) -> dict[str, np.ndarray]:
+        """Raises ValueError for a label outside [0, classifier.num_classes)."""
+        local = [next(self.train_iter) for _ in range(num)]
+        labels = np.stack([b["label"] for b in local]).astype(np.int32)
+        num_classes = self.config.classifier.num_classes
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(
+                f"The data hold label {labels.max()} (or {labels.min()}), outside "
+                f"[0, classifier.num_classes={num_classes})."
+            )
+        return {"image": np.stack([b["image"] for b in local]).astype(np.float32), "label": labels}
+
+    def evaluate(self, state: TrainState, step: int, rng: jax.Array) -> None:
+        metrics = self._evaluate(state.ema_params, rng)
+        self.writer.write_scalars(step, metrics)
         bands = ", ".join(
             f"{k.split('/')[1]}: {v:.3f}" for k, v in metrics.items() if "accuracy/" in k
         )
@@ -519,19 +394,21 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
             bands,
         )
 
-    try:
-        return train_loop.run(
-            state,
-            initial_step,
-            training=t,
-            total_steps=total_steps,
-            dispatch=lambda state: p_train_steps(state, global_batches(), train_rng),
-            ckpt=ckpt,
-            save=save,
-            saved_step=initial_step if resumed else None,
-            on_log=on_log,
-            on_eval=on_eval,
-            eval_at_end=True,
-        )
-    finally:
-        writer.flush()
+    def snapshot(self, state: TrainState, step: int, rng: jax.Array) -> None:
+        del state, step, rng  # a classifier has no samples
+
+
+def train_classifier(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> TrainState:
+    """Trains (or resumes training of) the classifier of ``config`` in ``workdir``.
+
+    Writes ``checkpoints/`` (orbax; every ``training.snapshot_freq`` and
+    ``snapshot_freq_for_preemption`` steps and at the end) and ``tensorboard/`` (train loss and
+    accuracy every ``log_freq`` steps; held-out loss and accuracy per σ band every ``eval_freq``
+    steps and at the end). Returns the final `TrainState`, whose ``ema_params`` are the
+    classifier's parameters for sampling; arguments, resume and SIGTERM as in `loop.train`.
+
+    Raises:
+      ValueError: bad config (see `validate_config`) or labels outside [0, num_classes).
+      loop.NonFiniteLossError: the training loss became NaN/inf.
+    """
+    return loop.train(Classifier, config, workdir, mesh)
