@@ -2,7 +2,8 @@
 
     python benchmarks/compare_pytorch.py --pytorch-repo PATH/score_sde_pytorch \\
         --pytorch-python PATH/venv/bin/python [--digits-workdir RUN] [--cases a,b]
-        [--repeats 5] [--threads 2] [--out FILE]
+        [--repeats 5] [--threads 2] [--idle-threshold 0.1] [--idle-wait 120]
+        [--max-minutes M] [--out FILE]
 
 ``--pytorch-repo`` is a checkout of ``yang-song/score_sde_pytorch`` (never vendored or fetched
 here) and ``--pytorch-python`` an interpreter with torch, numpy, scipy and ml_collections. Two
@@ -12,12 +13,14 @@ the torch worker loads both, each checks its output against the other's, and the
 alternate between the two (ABAB…, the order flipping every round). Before every timed call the
 driver waits (at most ``--idle-wait`` s) until processes other than the workers use less than
 ``--idle-threshold`` of the machine (``/proc/stat``); medians of wall and process-CPU seconds are
-reported with the ratio ours/port. Compile time (ours) is reported apart and never timed.
+reported with the ratio ours/port, the number of calls whose gate timed out ("not idle") and the
+median share of all CPUs that other processes used during the timed calls ("others' CPU").
+Compile time (ours) is reported apart and never timed.
 
 Cases (float32 on both sides, ``--threads`` threads each):
-  * ``ncsnpp_cifar10`` / ``ddpmpp_cifar10``: ``configs/ve/cifar10_ncsnpp_continuous`` and
-    ``configs/vp/cifar10_ddpmpp_continuous`` at batch 8: forward (eval mode) and train step
-    (loss, gradient, Adam with warm-up and clipping, EMA: `train_lib.train_step` against the port's
+  * ``ncsnpp_cifar10`` / ``ddpmpp_cifar10``: ``ve/cifar10_ncsnpp_continuous`` and
+    ``vp/cifar10_ddpmpp_continuous`` at batch 8: forward (eval mode) and train step
+    (loss, gradient, Adam with warm-up and clipping, EMA: `training.train_step` against the port's
     ``losses.get_step_fn``), with initial parameters from `models.init_params`;
   * ``ncsnpp_small``: NCSN++ with nf 32, ch_mult (1, 2), two blocks per level, 16 px, batch 32;
   * ``pc_small``: the PC sampler (reverse diffusion + Langevin, snr 0.16, N = 100) on the small
@@ -97,11 +100,11 @@ class JaxSide:
 
     def config(self, case, digits_workdir=None):
         """The case's config (original keys) as a JSON-able dict, shared with the port."""
-        from score_sde_jax.sampling import generation
+        from score_sde_jax import checkpoints
 
         spec = CASES[case]
         if spec["config"] == "digits":
-            config = generation.load_run_config(digits_workdir)
+            config = checkpoints.RunFolder(digits_workdir).saved_config()
         else:
             config = _load_config(spec["config"])
         if spec.get("small"):
@@ -127,9 +130,7 @@ class JaxSide:
         wall = time.perf_counter()
         self.params = self._params(config, shape)
         init_s = time.perf_counter() - wall
-        from score_sde_jax.checkpoints import readers
-
-        order = readers._abstract_params(self.model, (1, *shape[1:]))[1]
+        order = models.abstract_params(self.model, tuple(shape[1:]))
         tops = list(dict.fromkeys(path[0] for path in order))
         weights = port_state_dict(self.params, tops, port_params)
         np.savez(os.path.join(tmpdir, "weights.npz"), **weights)
@@ -155,9 +156,9 @@ class JaxSide:
         from score_sde_jax import models
 
         if self.workdir is not None and CASES[self.case]["config"] == "digits":
-            from score_sde_jax.sampling import generation
+            from score_sde_jax import checkpoints
 
-            return generation.load_checkpoint_params(config, workdir=self.workdir).params
+            return checkpoints.load_checkpoint_params(config, workdir=self.workdir).params
         x = jnp.zeros((1, *shape[1:]), jnp.float32)
         return models.init_params(self.model, self.jax.random.PRNGKey(0), x, jnp.ones((1,)))
 
@@ -173,24 +174,20 @@ class JaxSide:
     def _build_train(self, task, shape):
         import jax.numpy as jnp
 
-        from score_sde_jax import train_lib
+        from score_sde_jax import training
 
         config, jax = self.config_, self.jax
-        optimizer = train_lib.create_optimizer(config)
-        state = train_lib.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=self.params,
-            ema_params=jax.tree.map(jnp.copy, self.params),
-            opt_state=optimizer.init(self.params),
-        )
+        optimizer = training.create_optimizer(config)
+        state = training.TrainState.create(jax.tree.map(jnp.copy, self.params), optimizer)
+        loss_fn = training.create_loss_fn(config, self.sde, self.model, train=True)
         step = jax.jit(
-            lambda state, batch, rng: train_lib.train_step(
+            lambda state, batch, rng: training.train_step(
                 state,
                 batch,
                 rng,
-                loss_fn=train_lib.create_loss_fn(config, self.sde, self.model, train=True),
+                loss_fn=training.image_loss(loss_fn),
                 optimizer=optimizer,
-                learning_rate_fn=train_lib.create_learning_rate_fn(config),
+                learning_rate_fn=training.create_learning_rate_fn(config),
                 ema_rate=config.model.ema_rate,
             ),
             donate_argnums=0,
@@ -271,8 +268,8 @@ class JaxSide:
 def _load_config(name):
     import importlib
 
-    sys.path.insert(0, ROOT)
-    return importlib.import_module("configs." + name.replace("/", ".")).get_config()
+    module = "score_sde_jax.configs." + name.replace("/", ".")
+    return importlib.import_module(module).get_config()
 
 
 def _inputs(config, case, shape, sde):
@@ -285,9 +282,9 @@ def _inputs(config, case, shape, sde):
     z = rng.standard_normal(shape).astype(np.float32)
     inputs["z"] = z * np.float32(getattr(sde, "sigma_max", 1.0))
     if CASES[case]["config"] == "digits":
-        from score_sde_jax.data import datasets
+        from score_sde_jax.data import digits
 
-        images = np.asarray(datasets.digits_uint8()[0][-datasets.DIGITS_NUM_EVAL :][: shape[0]])
+        images = np.asarray(digits.digits_uint8()[0][-digits.NUM_EVAL :][: shape[0]])
         y = (images.astype(np.float32) + rng.uniform(size=images.shape)) / 256.0
         inputs["data"] = (2 * y - 1 if config.data.centered else y).astype(np.float32)
     return inputs
@@ -541,7 +538,7 @@ class IdleGate:
     def __init__(self, pids, threshold, max_wait, window=0.5):
         self.pids, self.threshold, self.max_wait, self.window = pids, threshold, max_wait, window
 
-    def _ticks(self):
+    def ticks(self):
         with open("/proc/stat") as f:
             cpu = [int(v) for v in f.readline().split()[1:9]]
         ours = 0
@@ -551,18 +548,23 @@ class IdleGate:
             ours += int(fields[11]) + int(fields[12])  # utime + stime, all threads
         return sum(cpu), sum(cpu) - cpu[3] - cpu[4], ours
 
+    def others_since(self, before) -> float:
+        """Share of all CPUs that processes other than ``pids`` used since ``before``
+        (a `ticks` reading)."""
+        after = self.ticks()
+        total = max(after[0] - before[0], 1)
+        return round(max(0, (after[1] - before[1]) - (after[2] - before[2])) / total, 3)
+
     def wait(self):
         """Returns (others' share of the machine in the last window, seconds waited)."""
         start = time.monotonic()
         while True:
-            before = self._ticks()
+            before = self.ticks()
             time.sleep(self.window)
-            after = self._ticks()
-            total = max(after[0] - before[0], 1)
-            others = max(0, (after[1] - before[1]) - (after[2] - before[2])) / total
+            others = self.others_since(before)
             waited = time.monotonic() - start
             if others < self.threshold or waited > self.max_wait:
-                return round(others, 3), round(waited, 1)
+                return others, round(waited, 1)
 
 
 def _agreement(jax_worker, torch_worker, task, tmpdir):
@@ -580,6 +582,7 @@ def _summary(runs):
         "cpu_s": statistics.median(r["cpu_s"] for r in runs),
         "runs_wall_s": [round(r["wall_s"], 3) for r in runs],
         "others_load": [r["others_load"] for r in runs],
+        "others_during": [r["others_during"] for r in runs],
         "not_idle": sum(r["others_load"] >= r["threshold"] for r in runs),
     }
     for key in ("nfe", "nfe_mean", "bpd", "loss"):
@@ -594,8 +597,12 @@ def _time_task(workers, gate, task, repeats):
     for r in range(repeats):
         for name in list(workers)[:: 1 if r % 2 == 0 else -1]:
             load, waited = gate.wait()
+            before = gate.ticks()
             result = workers[name].call("run", task=task)
-            runs[name].append(result | {"others_load": load, "threshold": gate.threshold})
+            during = gate.others_since(before)
+            runs[name].append(
+                result | {"others_load": load, "others_during": during, "threshold": gate.threshold}
+            )
     summary = {name: _summary(r) for name, r in runs.items()}
     for key in ("wall_s", "cpu_s"):
         summary[f"ratio_{key.split('_')[0]}"] = round(
@@ -639,7 +646,8 @@ def _run_case(case, workers, gate, args):
 
 _COLUMNS = (
     "| case | task | port wall s | ours wall s | ratio | port CPU s | ours CPU s | ratio "
-    "| NFE port / ours | not idle |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| NFE port / ours | not idle | others' CPU |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -651,7 +659,8 @@ def _row(case, task, s):
     return (
         f"| {case} | {task} | {port['wall_s']:.3f} | {ours['wall_s']:.3f} | "
         f"**{s['ratio_wall']:.2f}×** | {port['cpu_s']:.3f} | {ours['cpu_s']:.3f} | "
-        f"{s['ratio_cpu']:.2f}× | {nfe} | {port['not_idle'] + ours['not_idle']} |"
+        f"{s['ratio_cpu']:.2f}× | {nfe} | {port['not_idle'] + ours['not_idle']} | "
+        f"{100 * statistics.median(port['others_during'] + ours['others_during']):.0f} % |"
     )
 
 
@@ -694,6 +703,9 @@ def _parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (cores) per side")
     parser.add_argument("--idle-threshold", type=float, default=0.1)
     parser.add_argument("--idle-wait", type=float, default=120.0, help="max seconds per gate")
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, help="start no case after this long"
+    )
     parser.add_argument("--out", default=None, help="also write the JSON here (and FILE.md)")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -734,8 +746,12 @@ def main():
     pids = [os.getpid()] + [w.proc.pid for w in workers.values()]
     gate = IdleGate(pids, args.idle_threshold, args.idle_wait)
     report = {"machine": _machine(args), "repeats": args.repeats, "cases": {}}
+    start = time.perf_counter()
     try:
         for case in cases:
+            if args.max_minutes and time.perf_counter() - start > 60 * args.max_minutes:
+                report.setdefault("skipped_for_time", []).append(case)
+                continue
             report["cases"][case] = _run_case(case, workers, gate, args)
     finally:
         for worker in workers.values():
