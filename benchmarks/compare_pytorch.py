@@ -690,6 +690,8 @@ def table(report):
                     f"{case}/{task}: bits/dim ours {result[task]['ours']['bpd']:.4f}, "
                     f"port {result[task]['port']['bpd']:.4f}"
                 )
+    notes += [f"{case}: failed, {error}" for case, error in report.get("errors", {}).items()]
+    notes += [f"{case}: skipped (--max-minutes)" for case in report.get("skipped_for_time", [])]
     return "\n".join(lines + [""] + notes)
 
 
@@ -752,7 +754,10 @@ def main():
             if args.max_minutes and time.perf_counter() - start > 60 * args.max_minutes:
                 report.setdefault("skipped_for_time", []).append(case)
                 continue
-            report["cases"][case] = _run_case(case, workers, gate, args)
+            try:
+                report["cases"][case] = _run_case(case, workers, gate, args)
+            except Exception as error:  # a worker's error: report the other cases all the same
+                report.setdefault("errors", {})[case] = repr(error)
     finally:
         for worker in workers.values():
             worker.close()
