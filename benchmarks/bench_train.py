@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from score_sde_jax import distributed, models, sde_lib, training  # noqa: E402
+from score_sde_jax import distributed, models, training  # noqa: E402
 from score_sde_jax.configs import digits  # noqa: E402
 from score_sde_jax.configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
 from score_sde_jax.configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
@@ -51,21 +51,6 @@ def initial_train_state(config, model, optimizer) -> training.TrainState:
     return training.TrainState.create(params, optimizer)
 
 
-def _train_steps_fn(config, model, optimizer):
-    """``f(state, batch, rng)``: `training.train_steps` of ``model`` for ``config``."""
-    loss_fn = training.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
-    return lambda state, batch, rng: training.train_steps(
-        state,
-        batch,
-        rng,
-        loss_fn=training.image_loss(loss_fn),
-        optimizer=optimizer,
-        learning_rate_fn=training.create_learning_rate_fn(config),
-        ema_rate=config.model.ema_rate,
-        grad_accum_steps=config.training.get("grad_accum_steps", 1),
-    )
-
-
 def bench(config, dispatches: int) -> dict:
     """Times `training.train_steps` for ``config`` on synthetic data; returns a result dict."""
     t = config.training
@@ -78,7 +63,7 @@ def bench(config, dispatches: int) -> dict:
     state = jax.device_put(initial_train_state(config, model, optimizer), replicated)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     step_fn = jax.jit(
-        _train_steps_fn(config, model, optimizer),
+        common.train_step_fn(config, model, optimizer, scan=True),
         in_shardings=(replicated, batches, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
@@ -103,7 +88,10 @@ def bench(config, dispatches: int) -> dict:
     # Model FLOPs of one update (the network without remat); XLA counts a scan body once: one
     # update, of one micro-batch when accumulating.
     model_flops = flops.count_flops(
-        _train_steps_fn(config, model.clone(remat=False), optimizer), state, batch, rng
+        common.train_step_fn(config, model.clone(remat=False), optimizer, scan=True),
+        state,
+        batch,
+        rng,
     )
     xla_flops = common.compiled_flops(compiled)
     xla_flops = None if xla_flops is None else xla_flops * grad_accum

@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: FLOP counts, model FLOP utilisation and memory.
+"""Shared helpers of the benchmark scripts: the train step, FLOP counts, model FLOP utilisation
+and memory.
 
 Utilisation (MFU) is computed from *model* FLOPs (`score_sde_jax.models.flops.count_flops`: the
 multiply-adds of the convolutions and matrix products in the jaxpr, the same number on every
@@ -8,12 +9,14 @@ backend's optimised program executes (recomputed forward passes included, while-
 whatever their trip count, and on GPUs without the convolutions that become library calls).
 """
 
+import functools
 import json
 import os
 import platform
 
 import jax
 
+from score_sde_jax import sde_lib, training
 from score_sde_jax.models import flops as flops_lib
 
 # Dense (no sparsity) peak FLOP/s per device from the vendors' datasheets, by the compute dtype
@@ -30,6 +33,23 @@ PEAK_FLOPS = {
     "TPU v5": {"bfloat16": 459.0e12, "float32": 459.0e12},  # v5p reports itself as "TPU v5"
     "TPU v6 lite": {"bfloat16": 918.0e12, "float32": 918.0e12},  # v6e
 }
+
+
+def train_step_fn(config, model, optimizer, *, scan: bool = False, grad_accum_steps=None):
+    """``step(state, batch, rng)``: `training.train_step` of ``model`` as ``config`` trains it
+    (`training.train_steps` over stacked batches with ``scan``); ``grad_accum_steps`` defaults
+    to the config's."""
+    if grad_accum_steps is None:
+        grad_accum_steps = config.training.get("grad_accum_steps", 1)
+    loss_fn = training.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
+    return functools.partial(
+        training.train_steps if scan else training.train_step,
+        loss_fn=training.image_loss(loss_fn),
+        optimizer=optimizer,
+        learning_rate_fn=training.create_learning_rate_fn(config),
+        ema_rate=config.model.ema_rate,
+        grad_accum_steps=grad_accum_steps,
+    )
 
 
 def _table_key(device_kind: str) -> str | None:

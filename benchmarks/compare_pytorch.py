@@ -174,24 +174,13 @@ class JaxSide:
     def _build_train(self, task, shape):
         import jax.numpy as jnp
 
+        from benchmarks import common
         from score_sde_jax import training
 
         config, jax = self.config_, self.jax
         optimizer = training.create_optimizer(config)
         state = training.TrainState.create(jax.tree.map(jnp.copy, self.params), optimizer)
-        loss_fn = training.create_loss_fn(config, self.sde, self.model, train=True)
-        step = jax.jit(
-            lambda state, batch, rng: training.train_step(
-                state,
-                batch,
-                rng,
-                loss_fn=training.image_loss(loss_fn),
-                optimizer=optimizer,
-                learning_rate_fn=training.create_learning_rate_fn(config),
-                ema_rate=config.model.ema_rate,
-            ),
-            donate_argnums=0,
-        )
+        step = jax.jit(common.train_step_fn(config, self.model, optimizer), donate_argnums=0)
         box = {"state": state, "rng": jax.random.PRNGKey(1)}
         batch = {"image": self.inputs["x"]}
 
