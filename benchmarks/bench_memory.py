@@ -28,7 +28,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from score_sde_jax import models, sde_lib, training
+from score_sde_jax import models, training
 from score_sde_jax.configs import digits  # noqa: E402
 from score_sde_jax.configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
 from score_sde_jax.configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
@@ -61,25 +61,13 @@ def measure(config, batch: int, grad_accum_steps: int, compiler_options: dict) -
     """Compile-only memory analysis of one `training.train_step` on a batch of ``batch``."""
     model = models.get_model(config)
     optimizer = training.create_optimizer(config)
-    loss_fn = training.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
     rng = jax.random.PRNGKey(0)
     state = jax.eval_shape(
         lambda key: training.create_train_state(config, model, key, optimizer), rng
     )
     images = jax.ShapeDtypeStruct((batch, *pipeline.image_shape(config)), jnp.float32)
 
-    def step(state, batch, rng):
-        return training.train_step(
-            state,
-            batch,
-            rng,
-            loss_fn=training.image_loss(loss_fn),
-            optimizer=optimizer,
-            learning_rate_fn=training.create_learning_rate_fn(config),
-            ema_rate=config.model.ema_rate,
-            grad_accum_steps=grad_accum_steps,
-        )
-
+    step = common.train_step_fn(config, model, optimizer, grad_accum_steps=grad_accum_steps)
     start = time.perf_counter()
     lowered = jax.jit(step, donate_argnums=0).lower(state, {"image": images}, rng)
     compiled = lowered.compile(compiler_options)

@@ -9,9 +9,10 @@ Cases (configs built inline from the facts sheet, Tables 7.3.A–C):
 The train step is ``jax.jit`` of value_and_grad of a mean-square loss of the network output
 (train mode, dropout on) plus an optax Adam update. Compile time (lower + compile) is reported
 separately from the steady-state time (median of ``--repeats`` runs after one warm-up run), each
-as wall and process-CPU seconds. Each also reports XLA's FLOP count, the achieved TFLOP/s, the
-model FLOP utilisation against the device's peak where known (`common.throughput`) and XLA's
-peak memory (`common.compiled_memory`).
+as wall and process-CPU seconds. Each also reports the model FLOPs (`models.flops`), the achieved
+model TFLOP/s and utilisation against the device's peak where known (`common.throughput`, with
+XLA's own count as ``xla_flops``) and XLA's peak memory (`common.compiled_memory`). Parameters
+are the network's initial ones (`models.init_params`, timed as ``init``: start-up cost).
 
 Usage: python benchmarks/bench_networks.py [--repeats 3] [--cases a,b] [--dtype bfloat16]
 [--remat] [--batch N] [--out FILE]
@@ -33,7 +34,8 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from score_sde_jax.models import get_model  # noqa: E402
+from score_sde_jax import models  # noqa: E402
+from score_sde_jax.models import flops, get_model  # noqa: E402
 
 
 def _parse_args():
@@ -141,24 +143,9 @@ def _compile(fn, *args):
     return compiled, {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
 
 
-def bench_case(config, batch_size, label_fn, repeats, dropout_prng):
-    """Compile and steady-state times of forward (eval) and a full Adam train step."""
-    model = get_model(config)
-    size, channels = config.data.image_size, config.data.num_channels
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.uniform(size=(batch_size, size, size, channels)), jnp.float32)
-    labels = label_fn(jnp.asarray(rng.uniform(1e-5, 1.0, size=(batch_size,)), jnp.float32))
-    target = jnp.zeros_like(x)
-    # Host-side random parameters: timing does not depend on the initialiser, and jit-compiling
-    # `model.init` (hundreds of threefry calls) alone takes minutes on CPU.
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, labels)["params"]
-    params = jax.tree_util.tree_map(
-        lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), shapes
-    )
-    num_params = sum(p.size for p in jax.tree_util.tree_leaves(params))
-    optimizer = optax.adam(2e-4)
-    opt_state = optimizer.init(params)
-    key_drop = jax.random.key(1, impl=dropout_prng)
+def _step_functions(model, optimizer, target):
+    """``forward(params, x, labels)`` (eval mode) and ``train_step(params, opt_state, x, labels,
+    rng)``: value_and_grad of a mean-square loss (train mode) and an optax update."""
 
     def forward(params, x, labels):
         return model.apply({"params": params}, x, labels, train=False)
@@ -172,6 +159,37 @@ def bench_case(config, batch_size, label_fn, repeats, dropout_prng):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    return forward, train_step
+
+
+def bench_case(config, batch_size, label_fn, repeats, dropout_prng):
+    """Compile and steady-state times of forward (eval) and a full Adam train step."""
+    model = get_model(config)
+    size, channels = config.data.image_size, config.data.num_channels
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(size=(batch_size, size, size, channels)), jnp.float32)
+    labels = label_fn(jnp.asarray(rng.uniform(1e-5, 1.0, size=(batch_size,)), jnp.float32))
+    target = jnp.zeros_like(x)
+    wall, cpu = time.perf_counter(), time.process_time()
+    params = jax.block_until_ready(
+        models.init_params(model, jax.random.PRNGKey(0), x[:1], labels[:1])
+    )
+    init = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+    num_params = sum(p.size for p in jax.tree_util.tree_leaves(params))
+    optimizer = optax.adam(2e-4)
+    opt_state = optimizer.init(params)
+    key_drop = jax.random.key(1, impl=dropout_prng)
+    forward, train_step = _step_functions(model, optimizer, target)
+    # Model FLOPs are those of the network without recomputation (`flops` module docstring).
+    forward_flops, train_flops = (
+        flops.count_flops(fn, *args)
+        for fn, args in zip(
+            _step_functions(model.clone(remat=False), optimizer, target),
+            ((params, x, labels), (params, opt_state, x, labels, key_drop)),
+            strict=True,
+        )
+    )
+
     dtype = str(jnp.dtype(model.dtype))
     result = {
         "batch_size": batch_size,
@@ -179,6 +197,7 @@ def bench_case(config, batch_size, label_fn, repeats, dropout_prng):
         "num_params": int(num_params),
         "dtype": dtype,
         "remat": bool(model.remat),
+        "init": init,
     }
     forward_c, result["forward_compile"] = _compile(forward, params, x, labels)
     result["forward"] = _timed(lambda: forward_c(params, x, labels).block_until_ready(), repeats)
@@ -188,10 +207,14 @@ def bench_case(config, batch_size, label_fn, repeats, dropout_prng):
     result["train_step"] = _timed(
         lambda: jax.block_until_ready(step_c(params, opt_state, x, labels, key_drop)), repeats
     )
-    for name, compiled in (("forward", forward_c), ("train_step", step_c)):
+    for name, compiled, model_flops in (
+        ("forward", forward_c, forward_flops),
+        ("train_step", step_c, train_flops),
+    ):
         timing = result[name]
         timing["examples_per_sec"] = round(batch_size / timing["wall_s"], 2)
-        timing.update(common.throughput(common.compiled_flops(compiled), timing["wall_s"], dtype))
+        xla_flops = common.compiled_flops(compiled)
+        timing.update(common.throughput(model_flops, timing["wall_s"], dtype, xla_flops=xla_flops))
         timing["memory"] = common.compiled_memory(compiled)
     return result
 

@@ -10,10 +10,10 @@ Cases: ``digits`` (the offline default config as shipped), ``cifar10_ncsnpp``
 batch ``--cifar_batch``. Each case compiles the step once (reported separately), runs one
 warm-up and ``--dispatches`` timed dispatches of ``n_jitted_steps`` updates on synthetic batches
 of the config's shape over all local devices, and reports steps/s, examples/s, the process CPU
-time per step, XLA's FLOPs per step with the achieved TFLOP/s and model FLOP utilisation
-(`common.throughput`), and peak memory (compile-time and, on GPU/TPU, the allocator's), as JSON
-on stdout. Parameters are random normal (σ = 0.05): timings do not depend on their values, and
-jit-compiling the initialiser alone takes minutes on XLA:CPU.
+time per step, the model FLOPs per step (`models.flops`, the network without remat) with the
+achieved TFLOP/s and model FLOP utilisation (`common.throughput`; XLA's own count as
+``xla_flops``), and peak memory (compile-time and, on GPU/TPU, the allocator's), as JSON on
+stdout. Parameters are the network's initial ones (`models.init_params`).
 """
 
 import argparse
@@ -30,11 +30,12 @@ from jax.sharding import PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from score_sde_jax import distributed, models, sde_lib, training
+from score_sde_jax import distributed, models, training  # noqa: E402
 from score_sde_jax.configs import digits  # noqa: E402
 from score_sde_jax.configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
 from score_sde_jax.configs.vp import cifar10_ddpmpp_continuous  # noqa: E402
 from score_sde_jax.data import pipeline
+from score_sde_jax.models import flops  # noqa: E402
 
 CASES = {
     "digits": digits.get_config,
@@ -43,14 +44,10 @@ CASES = {
 }
 
 
-def random_train_state(config, model, optimizer) -> training.TrainState:
-    """A `training.TrainState` with random normal parameters of the model's shapes."""
+def initial_train_state(config, model, optimizer) -> training.TrainState:
+    """A `training.TrainState` with the network's initial parameters (`models.init_params`)."""
     x = jnp.zeros((1, *pipeline.image_shape(config)), jnp.float32)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, jnp.ones((1,)))["params"]
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(
-        lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), shapes
-    )
+    params = models.init_params(model, jax.random.PRNGKey(0), x, jnp.ones((1,)))
     return training.TrainState.create(params, optimizer)
 
 
@@ -62,22 +59,11 @@ def bench(config, dispatches: int) -> dict:
     replicated = NamedSharding(mesh, P())
     batches = NamedSharding(mesh, P(None, "data"))
     model = models.get_model(config)
-    sde = sde_lib.get_sde(config)
     optimizer = training.create_optimizer(config)
-    loss_fn = training.create_loss_fn(config, sde, model, train=True)
-    state = jax.device_put(random_train_state(config, model, optimizer), replicated)
+    state = jax.device_put(initial_train_state(config, model, optimizer), replicated)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     step_fn = jax.jit(
-        lambda state, batch, rng: training.train_steps(
-            state,
-            batch,
-            rng,
-            loss_fn=training.image_loss(loss_fn),
-            optimizer=optimizer,
-            learning_rate_fn=training.create_learning_rate_fn(config),
-            ema_rate=config.model.ema_rate,
-            grad_accum_steps=grad_accum,
-        ),
+        common.train_step_fn(config, model, optimizer, scan=True),
         in_shardings=(replicated, batches, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
@@ -99,9 +85,16 @@ def bench(config, dispatches: int) -> dict:
     jax.block_until_ready((state, metrics))
     steps = dispatches * t.n_jitted_steps
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    # XLA counts a scan body once: the FLOPs of one update (of one micro-batch when accumulating).
-    flops = common.compiled_flops(compiled)
-    flops = None if flops is None else flops * grad_accum
+    # Model FLOPs of one update (the network without remat); XLA counts a scan body once: one
+    # update, of one micro-batch when accumulating.
+    model_flops = flops.count_flops(
+        common.train_step_fn(config, model.clone(remat=False), optimizer, scan=True),
+        state,
+        batch,
+        rng,
+    )
+    xla_flops = common.compiled_flops(compiled)
+    xla_flops = None if xla_flops is None else xla_flops * grad_accum
     dtype = str(jnp.dtype(model.dtype)) if hasattr(model, "dtype") else "float32"
     return {
         "num_params": int(num_params),
@@ -117,7 +110,9 @@ def bench(config, dispatches: int) -> dict:
         "steps_per_sec": round(steps / wall, 4),
         "examples_per_sec": round(steps * t.batch_size / wall, 2),
         "cpu_s_per_step": round(cpu / steps, 4),
-        **common.throughput(flops, wall / steps, dtype),
+        **common.throughput(
+            model_flops / t.n_jitted_steps, wall / steps, dtype, xla_flops=xla_flops
+        ),
         "memory": common.compiled_memory(compiled),
         "runtime_peak_bytes": common.runtime_peak_bytes(),
         "final_loss": float(np.asarray(metrics["loss"])[-1]),

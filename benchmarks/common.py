@@ -1,16 +1,23 @@
-"""Shared helpers of the benchmark scripts: FLOP counts, model FLOP utilisation and memory.
+"""Shared helpers of the benchmark scripts: the train step, FLOP counts, model FLOP utilisation
+and memory.
 
-FLOPs come from XLA's cost analysis of the compiled program (``compiled.cost_analysis()``),
-i.e. what XLA executes: with ``model.remat`` the recomputed forward passes count too. XLA
-counts the body of a while loop (``lax.scan``, ``lax.while_loop``) once, whatever its trip
-count, so callers that dispatch several steps in one scan get the FLOPs of one step.
+Utilisation (MFU) is computed from *model* FLOPs (`score_sde_jax.models.flops.count_flops`: the
+multiply-adds of the convolutions and matrix products in the jaxpr, the same number on every
+backend, without recomputation: count a network without ``remat``). XLA's cost analysis of the
+compiled program (`compiled_flops`) is reported next to it for reference only: it is what one
+backend's optimised program executes (recomputed forward passes included, while-loop bodies once
+whatever their trip count, and on GPUs without the convolutions that become library calls).
 """
 
+import functools
 import json
 import os
 import platform
 
 import jax
+
+from score_sde_jax import sde_lib, training
+from score_sde_jax.models import flops as flops_lib
 
 # Dense (no sparsity) peak FLOP/s per device from the vendors' datasheets, by the compute dtype
 # of the network. "float32" is the rate that jax's default matmul/convolution precision uses:
@@ -26,6 +33,23 @@ PEAK_FLOPS = {
     "TPU v5": {"bfloat16": 459.0e12, "float32": 459.0e12},  # v5p reports itself as "TPU v5"
     "TPU v6 lite": {"bfloat16": 918.0e12, "float32": 918.0e12},  # v6e
 }
+
+
+def train_step_fn(config, model, optimizer, *, scan: bool = False, grad_accum_steps=None):
+    """``step(state, batch, rng)``: `training.train_step` of ``model`` as ``config`` trains it
+    (`training.train_steps` over stacked batches with ``scan``); ``grad_accum_steps`` defaults
+    to the config's."""
+    if grad_accum_steps is None:
+        grad_accum_steps = config.training.get("grad_accum_steps", 1)
+    loss_fn = training.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
+    return functools.partial(
+        training.train_steps if scan else training.train_step,
+        loss_fn=training.image_loss(loss_fn),
+        optimizer=optimizer,
+        learning_rate_fn=training.create_learning_rate_fn(config),
+        ema_rate=config.model.ema_rate,
+        grad_accum_steps=grad_accum_steps,
+    )
 
 
 def _table_key(device_kind: str) -> str | None:
@@ -50,7 +74,7 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
 
 
 def compiled_flops(compiled) -> float | None:
-    """FLOPs of one call of a ``jax.stages.Compiled`` from XLA's cost analysis (None if absent)."""
+    """XLA's FLOPs of one call of a ``jax.stages.Compiled`` (None if absent); not model FLOPs."""
     try:
         analysis = compiled.cost_analysis()
     except Exception:  # some backends do not implement it
@@ -61,20 +85,25 @@ def compiled_flops(compiled) -> float | None:
     return float(flops) if flops is not None and flops > 0 else None
 
 
-def throughput(flops: float | None, seconds: float, dtype: str, device=None) -> dict:
-    """Achieved FLOP/s of ``flops`` done in ``seconds`` and the utilisation of one device's peak.
+def throughput(
+    flops: float | None, seconds: float, dtype: str, device=None, xla_flops: float | None = None
+) -> dict:
+    """Achieved model FLOP/s of ``flops`` (model FLOPs) done in ``seconds`` and the model FLOP
+    utilisation of one device's dense peak.
 
-    Returns ``{"flops", "tflops_per_s", "peak_tflops_per_s", "mfu"}``; the last two are None
-    where the device's peak is unknown (e.g. CPUs).
+    Returns ``{"flops", "tflops_per_s", "peak_tflops_per_s", "mfu", "xla_flops"}``; the peak and
+    MFU are None where the device's peak is unknown (e.g. CPUs).
     """
     device = device or jax.devices()[0]
     peak = peak_flops(device.device_kind, dtype)
     achieved = flops / seconds if flops and seconds > 0 else None
+    mfu = None if achieved is None else flops_lib.mfu(flops, seconds, peak)
     return {
         "flops": flops,
         "tflops_per_s": None if achieved is None else round(achieved / 1e12, 4),
         "peak_tflops_per_s": None if peak is None else round(peak / 1e12, 1),
-        "mfu": None if achieved is None or peak is None else round(achieved / peak, 4),
+        "mfu": None if mfu is None else round(mfu, 4),
+        "xla_flops": xla_flops,
     }
 
 

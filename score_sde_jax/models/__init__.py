@@ -1,6 +1,7 @@
 """Score networks and the glue that turns a config into a network and a network into a score.
 
 `get_model(config)` builds the Flax module named by ``config.model.name``;
+`init_params(model, rng, x, labels)` computes its initial parameters (``model.init``'s, fast);
 `abstract_params(model, example_shape)` traces its parameter shapes without computing them;
 `get_score_fn(sde, model, continuous)` adapts its raw output to a score function
 ``score_fn(params, x, t, rng=None)`` (see `score_sde_jax.score_fns`).
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from score_sde_jax import score_fns
+from score_sde_jax.models import batched_jaxpr
 
 # model name -> module that defines and registers it; imported lazily so that building one
 # network does not import every architecture.
@@ -30,6 +32,10 @@ _MODEL_MODULES = {
 }
 
 _MODELS = {}
+
+# LLVM -O1 instead of -O3 for a program that runs once: same values (the same HLO, fused
+# multiply-adds included), a fraction of the compile time.
+_FAST_COMPILE = {"xla_backend_optimization_level": 1}
 
 
 def register_model(name: str):
@@ -67,6 +73,24 @@ def _check_knobs(model_config, name):
                 f"model.{knob}={value!r} is available for model.name in {list(networks)}, not "
                 f"{name!r}; remove the override (or set it to {off!r})."
             )
+
+
+def init_params(model, rng, x, labels, train: bool = False):
+    """``model.init(rng, x, labels, train=train)["params"]``, bit for bit, in seconds.
+
+    ``rng`` is a key or a dict of keys as `flax.linen.Module.init` takes; only the shapes of ``x``
+    and ``labels`` matter. Outside a jax transformation the initialiser runs as one program with
+    identical equations batched (`batched_jaxpr`), compiled at LLVM -O1: ~1/6 of the CPU time
+    of ``jax.jit(model.init)`` for the 62M-parameter NCSN++. Inside one (``rng`` a tracer) it is
+    plain ``model.init``.
+    """
+
+    def init(rng, x, labels):
+        return model.init(rng, x, labels, train=train)["params"]
+
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((rng, x, labels))):
+        return init(rng, x, labels)
+    return batched_jaxpr.evaluate(init, rng, x, labels, compiler_options=_FAST_COMPILE)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,7 +1,7 @@
 """Building blocks shared by every score network (docs/original_code.md#networks).
 
-Initialisers, activations, the DDPM 1×1 "network-in-network" layer, the two time embeddings,
-the convolutions and GroupNorm of NCSN++ / DDPM++ and rematerialised blocks.
+Initialisers, activations, the DDPM convolutions and 1×1 "network-in-network" layer, the two
+time embeddings, the GroupNorm of NCSN++ / DDPM++ and rematerialised blocks.
 Class names matter: Flax auto-names submodules ``<ClassName>_<k>``, and the released checkpoints
 store parameters under those names.
 """
@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 
 def get_act(name: str):
@@ -44,9 +43,14 @@ def ncsn_init(scale: float = 1.0):
 
 
 def ddpm_conv3x3(
-    out_ch: int, stride: int = 1, init_scale: float = 1.0, use_bias: bool = True, dilation: int = 1
+    out_ch: int,
+    stride: int = 1,
+    init_scale: float = 1.0,
+    use_bias: bool = True,
+    dilation: int = 1,
+    dtype: Any = jnp.float32,
 ):
-    """3×3 SAME convolution with the DDPM initialiser and zero bias."""
+    """3×3 SAME convolution with the DDPM initialiser and zero bias, computed in ``dtype``."""
     return nn.Conv(
         out_ch,
         (3, 3),
@@ -56,11 +60,18 @@ def ddpm_conv3x3(
         use_bias=use_bias,
         kernel_init=default_init(init_scale),
         bias_init=nn.initializers.zeros,
+        dtype=dtype,
     )
 
 
-def ddpm_conv1x1(out_ch: int, stride: int = 1, init_scale: float = 1.0, use_bias: bool = True):
-    """1×1 convolution with the DDPM initialiser and zero bias."""
+def ddpm_conv1x1(
+    out_ch: int,
+    stride: int = 1,
+    init_scale: float = 1.0,
+    use_bias: bool = True,
+    dtype: Any = jnp.float32,
+):
+    """1×1 convolution with the DDPM initialiser and zero bias, computed in ``dtype``."""
     return nn.Conv(
         out_ch,
         (1, 1),
@@ -69,6 +80,7 @@ def ddpm_conv1x1(out_ch: int, stride: int = 1, init_scale: float = 1.0, use_bias
         use_bias=use_bias,
         kernel_init=default_init(init_scale),
         bias_init=nn.initializers.zeros,
+        dtype=dtype,
     )
 
 
@@ -140,138 +152,8 @@ def sigmas_of_labels(labels, sigma_min: float, sigma_max: float, num_scales: int
 
 
 # ----------------------------------------------------------------------------------------------
-# Convolutions with a fast CPU kernel gradient, GroupNorm and rematerialisation (NCSN++ / DDPM++).
+# GroupNorm and rematerialisation (NCSN++ / DDPM++).
 # ----------------------------------------------------------------------------------------------
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x, w, strides, padding):
-    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
-
-
-def _conv_fwd(x, w, strides, padding):
-    return _conv(x, w, strides, padding), (x, w)
-
-
-def _conv_bwd(strides, padding, residuals, dy):
-    x, w = residuals
-    kh, kw, c_in, c_out = w.shape
-    if strides == (1, 1):
-        # The input gradient of a stride-1 convolution is again a plain convolution (with the
-        # flipped, transposed kernel); written as one, it gets the same fast path as the forward.
-        dx = lax.conv_general_dilated(
-            dy,
-            jnp.swapaxes(w[::-1, ::-1], 2, 3),
-            (1, 1),
-            (
-                (kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
-                (kw - 1 - padding[1][0], kw - 1 - padding[1][1]),
-            ),
-            dimension_numbers=_NHWC,
-        )
-    else:
-        _, vjp_x = jax.vjp(
-            lambda x: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC), x
-        )
-        (dx,) = vjp_x(dy)
-    # XLA:CPU runs the kernel gradient as a convolution 3-4× slower than the forward pass; one
-    # (C_in × B·H·W) @ (B·H·W × C_out) matmul per kernel tap takes about half as long.
-    _, h_out, w_out, _ = dy.shape
-    sh, sw = strides
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    dy_flat = dy.reshape(-1, c_out)
-    taps = [
-        lax.dot_general(
-            xp[:, p : p + sh * (h_out - 1) + 1 : sh, q : q + sw * (w_out - 1) + 1 : sw].reshape(
-                -1, c_in
-            ),
-            dy_flat,
-            (((0,), (0,)), ((), ())),
-        )
-        for p in range(kh)
-        for q in range(kw)
-    ]
-    dw = jnp.stack(taps).reshape(w.shape)
-    return dx, dw
-
-
-_conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-def conv_general_dilated(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    precision=None,
-    **kwargs,
-):
-    """`lax.conv_general_dilated` with a faster kernel gradient for plain NHWC convolutions.
-
-    Same forward computation (and input gradient); only the kernel gradient is computed as a
-    sum of per-tap matmuls, and only on CPU: GPUs and TPUs have fast kernel-gradient
-    convolutions of their own, and there (as for dilated, grouped or non-NHWC convolutions)
-    `lax` is used unchanged, which also keeps forward-mode differentiation (`jax.jvp`) working.
-    """
-    plain = (
-        jax.default_backend() == "cpu"
-        and lhs.ndim == 4
-        and all(d == 1 for d in (lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
-        and feature_group_count == 1
-        and precision is None
-        and not kwargs
-        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers or _NHWC)
-    )
-    if not plain:
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            precision=precision,
-            **kwargs,
-        )
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
-
-
-def conv3x3(out_ch: int, stride: int = 1, init_scale: float = 1.0, dtype: Any = jnp.float32):
-    """DDPM-initialised 3×3 SAME convolution (as `ddpm_conv3x3`) with the fast kernel grad."""
-    return nn.Conv(
-        out_ch,
-        (3, 3),
-        strides=(stride, stride),
-        padding="SAME",
-        kernel_init=default_init(init_scale),
-        bias_init=nn.initializers.zeros,
-        dtype=dtype,
-        conv_general_dilated=conv_general_dilated,
-    )
-
-
-def conv1x1(out_ch: int, init_scale: float = 1.0, dtype: Any = jnp.float32):
-    """DDPM-initialised 1×1 convolution (as `ddpm_conv1x1`) with the fast kernel grad."""
-    return nn.Conv(
-        out_ch,
-        (1, 1),
-        padding="SAME",
-        kernel_init=default_init(init_scale),
-        bias_init=nn.initializers.zeros,
-        dtype=dtype,
-        conv_general_dilated=conv_general_dilated,
-    )
 
 
 def group_norm(channels: int, dtype: Any = jnp.float32) -> nn.GroupNorm:

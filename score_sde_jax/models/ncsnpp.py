@@ -20,8 +20,8 @@ from score_sde_jax.models import fir, register_model
 from score_sde_jax.models.layers import (
     NIN,
     GaussianFourierProjection,
-    conv1x1,
-    conv3x3,
+    ddpm_conv1x1,
+    ddpm_conv3x3,
     default_init,
     get_act,
     get_timestep_embedding,
@@ -46,7 +46,7 @@ class Combine(nn.Module):
 
     @nn.compact
     def __call__(self, x, y):
-        h = conv1x1(y.shape[-1], dtype=self.dtype)(x)
+        h = ddpm_conv1x1(y.shape[-1], dtype=self.dtype)(x)
         if self.method == "cat":
             return jnp.concatenate([h, y], axis=-1)
         if self.method == "sum":
@@ -94,7 +94,7 @@ class Upsample(nn.Module):
         if not self.fir:
             h = fir.naive_upsample_2d(x, factor=2)
             if self.with_conv:
-                h = conv3x3(out_ch, dtype=self.dtype)(h)
+                h = ddpm_conv3x3(out_ch, dtype=self.dtype)(h)
             return h
         if not self.with_conv:
             return fir.upsample_2d(x, self.fir_kernel, factor=2)
@@ -119,7 +119,7 @@ class Downsample(nn.Module):
             if self.with_conv:
                 # Flax 'SAME' with stride 2 pads 0 before / 1 after on even sizes
                 # (docs/original_code.md#networks).
-                return conv3x3(out_ch, stride=2, dtype=self.dtype)(x)
+                return ddpm_conv3x3(out_ch, stride=2, dtype=self.dtype)(x)
             return fir.naive_downsample_2d(x, factor=2)
         if not self.with_conv:
             return fir.downsample_2d(x, self.fir_kernel, factor=2)
@@ -144,16 +144,16 @@ class ResnetBlockDDPMpp(nn.Module):
         c = x.shape[-1]
         out_ch = self.out_ch or c
         h = self.act(group_norm(c, self.dtype)(x))
-        h = conv3x3(out_ch, dtype=self.dtype)(h)
+        h = ddpm_conv3x3(out_ch, dtype=self.dtype)(h)
         if temb is not None:
             dense = nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype)
             h = h + dense(self.act(temb))[:, None, None, :]
         h = self.act(group_norm(out_ch, self.dtype)(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
+        h = ddpm_conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
         if c != out_ch:
             if self.conv_shortcut:
-                x = conv3x3(out_ch, dtype=self.dtype)(x)
+                x = ddpm_conv3x3(out_ch, dtype=self.dtype)(x)
             else:
                 x = NIN(out_ch)(x).astype(self.dtype)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h
@@ -195,15 +195,15 @@ class ResnetBlockBigGANpp(nn.Module):
             else:
                 h = fir.naive_downsample_2d(h, factor=2)
                 x = fir.naive_downsample_2d(x, factor=2)
-        h = conv3x3(out_ch, dtype=self.dtype)(h)
+        h = ddpm_conv3x3(out_ch, dtype=self.dtype)(h)
         if temb is not None:
             dense = nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype)
             h = h + dense(self.act(temb))[:, None, None, :]
         h = self.act(group_norm(out_ch, self.dtype)(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
+        h = ddpm_conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
         if c != out_ch or self.up or self.down:
-            x = conv1x1(out_ch, dtype=self.dtype)(x)
+            x = ddpm_conv1x1(out_ch, dtype=self.dtype)(x)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h
 
 
@@ -365,7 +365,7 @@ class NCSNpp(nn.Module):
             return (a + b) / _SQRT2 if self.skip_rescale else a + b
 
         def head(h, out_ch, init_scale):
-            return conv3x3(out_ch, init_scale=init_scale, dtype=self.dtype)(
+            return ddpm_conv3x3(out_ch, init_scale=init_scale, dtype=self.dtype)(
                 act(group_norm(h.shape[-1], self.dtype)(h))
             )
 
@@ -376,7 +376,7 @@ class NCSNpp(nn.Module):
         input_pyramid = x if self.progressive_input != "none" else None
 
         # 3-4. Down path.
-        hs = [conv3x3(nf, dtype=self.dtype)(x)]
+        hs = [ddpm_conv3x3(nf, dtype=self.dtype)(x)]
         for i_level in range(num_resolutions):
             for _ in range(self.num_res_blocks):
                 h = resnet_block(out_ch=nf * self.ch_mult[i_level])(hs[-1], temb, train)

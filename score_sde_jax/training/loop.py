@@ -69,12 +69,12 @@ class Task(Protocol):
     train_log: TrainLog
     ema_rate: float  # EMA decay of the parameters used for evaluation and sampling
     eval_at_end: bool  # whether the last step is evaluated too (not only every eval_freq)
-    optimize_init: bool  # False: compile the initialiser without backend optimisations
     iterators: dict  # grain data iterators saved with the checkpoints, by checkpoint item name
     loss_fn: Any  # loss_fn(params, rng, batch) -> (loss, metrics), in train mode
 
     def init_params(self, rng: jax.Array) -> Any:
-        """The network's initial parameters (traced under `jax.jit`)."""
+        """The network's initial parameters for the concrete key ``rng`` (computed eagerly; a
+        network's ``model.init`` under `jax.jit` compiles for minutes, see `models.init_params`)."""
 
     def next_batches(self, num: int) -> dict[str, np.ndarray]:
         """This process's next ``num`` training batches stacked to [num, per-process batch, ...]."""
@@ -260,11 +260,12 @@ def _init_fn(task, optimizer):
 
 def _initial_state(task, optimizer, rng, mesh) -> TrainState:
     """The task's initial parameters in a new `TrainState`, replicated over ``mesh``."""
-    init = _init_fn(task, optimizer)
-    replicated = NamedSharding(mesh, P())
-    if task.optimize_init:
-        return jax.jit(init, out_shardings=replicated)(rng)
-    return compile_without_optimizations(init, rng, out_shardings=replicated)(rng)
+    params = jax.device_get(task.init_params(rng))  # the same on every process: from ``rng``
+
+    def create(params):
+        return TrainState.create(params, optimizer)
+
+    return jax.jit(create, out_shardings=NamedSharding(mesh, P()))(params)
 
 
 def _restore(ckpt, config, task, state, rng, writer):

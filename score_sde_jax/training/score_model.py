@@ -39,14 +39,14 @@ def create_loss_fn(config, sde, model, *, train: bool, per_example: bool = False
 
 
 def init_params(config, model, rng):
-    """Initial parameters of the score network ``model`` of ``config``."""
+    """Initial parameters of the score network ``model`` of ``config`` (`models.init_params`:
+    ``model.init``'s values, fast for a concrete ``rng``)."""
     params_rng, dropout_rng = jax.random.split(rng)
     x = jnp.zeros((1, *pipeline.image_shape(config)), jnp.float32)
     # Labels of the dtype training feeds: discrete VE networks (NCSN, NCSNv2) index σ with ints.
     t = jnp.ones((1,), jnp.float32)
     labels = score_fns.get_labels(sde_lib.get_sde(config), t, config.training.continuous)
-    variables = model.init({"params": params_rng, "dropout": dropout_rng}, x, labels, train=False)
-    return variables["params"]
+    return models.init_params(model, {"params": params_rng, "dropout": dropout_rng}, x, labels)
 
 
 def create_train_state(config, model, rng, optimizer) -> TrainState:
@@ -92,7 +92,6 @@ class ScoreModel:
         examples_per_sec=True,
     )
     eval_at_end = False
-    optimize_init = True
     validate_config = staticmethod(loop.validate_config)
 
     def __init__(self, config, mesh, workdir: str, writer):
