@@ -21,9 +21,10 @@ FIGURES = {
 
 def test_make_figures_writes_the_readme_pictures(tmp_path):
     command = [sys.executable, "-m", "score_sde_jax.tools.make_figures", f"--out={tmp_path}"]
-    # Two noise levels: the pictures' layout, not their quality (the notebooks' tests judge that).
+    # 25 noise levels (the VP discretisation of reverse diffusion needs N > β_max = 20): the
+    # pictures' layout, not their quality (the notebooks' tests judge that).
     result = subprocess.run(
-        [*command, "--num_steps=2"],
+        [*command, "--num_steps=25"],
         cwd=REPO_ROOT,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
         capture_output=True,

@@ -366,6 +366,8 @@ class Classifier:
         init = functools.partial(
             init_params, self.classifier, image_shape=pipeline.image_shape(self.config)
         )
+        if isinstance(rng, jax.core.Tracer):  # under `jax.eval_shape` (the resume check)
+            return init(rng)
         return loop.compile_without_optimizations(init, rng)(rng)
 
     def next_batches(self, num: int) -> dict[str, np.ndarray]:
