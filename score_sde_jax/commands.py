@@ -203,6 +203,7 @@ def run(main, *, num_args: int | None = 0):
 
     def checked_main(argv):
         _quiet_libraries(FLAGS.verbose)
+        _use_compilation_cache()
         try:
             if num_args is not None and len(argv) - 1 != num_args:
                 raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -213,6 +214,22 @@ def run(main, *, num_args: int | None = 0):
             _exit(errors.UsageError(str(error), "see --help"), FLAGS.verbose)
 
     app.run(checked_main, flags_parser=_parse_flags)
+
+
+def _use_compilation_cache() -> None:
+    """Keeps compiled programs on disk between runs (JAX's persistent compilation cache).
+
+    A second run of a command then skips most compilation: the parameter initialiser, the train
+    step, the samplers (docs/performance.md, "Start-up"). The folder is ``$JAX_COMPILATION_CACHE_DIR``
+    when set, else ``$XDG_CACHE_HOME/score_sde_jax/jax`` (``~/.cache/...``);
+    ``SCORE_SDE_COMPILATION_CACHE=0`` turns it off.
+    """
+    if os.environ.get("SCORE_SDE_COMPILATION_CACHE", "1") == "0":
+        return
+    if jax.config.jax_compilation_cache_dir:  # the user's own (JAX_COMPILATION_CACHE_DIR)
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    jax.config.update("jax_compilation_cache_dir", os.path.join(base, "score_sde_jax", "jax"))
 
 
 def _parse_flags(argv):

@@ -46,7 +46,7 @@ def get_log_prob_fn(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     eps: float = 1e-5,
-    method: str = "tsit5",
+    method: str = solvers.DEFAULT_ODE_METHOD,
     max_steps: int = 4096,
     num_steps: int | None = None,
 ):
@@ -128,7 +128,7 @@ def get_likelihood_fn(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     eps: float = 1e-5,
-    method: str = "tsit5",
+    method: str = solvers.DEFAULT_ODE_METHOD,
     max_steps: int = 4096,
     num_steps: int | None = None,
     *,

@@ -318,6 +318,15 @@ def test_sample_bad_pretrained_model(args, exit_code, fragments, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
+def test_sample_vp_reverse_diffusion_with_too_few_levels(tmp_path):
+    # color_digits: VP with reverse diffusion + Langevin. At N <= beta_max = 20 the DDPM chain's
+    # alpha_i = 1 - beta_i reaches 0: it used to return NaN images, it is refused now.
+    output = tmp_path / "out" / "x.npz"
+    result = cli("sample", "--pretrained=color_digits", "--num_steps=10", f"--output={output}")
+    assert_error(result, 2, "reverse_diffusion", "N = 10", "N ≥ 21", "--sampler=")
+    assert not output.parent.exists()
+
+
 def test_sample_output_under_a_file_fails_before_sampling(unchanged, tmp_path):
     (tmp_path / "file").write_text("")
     output = tmp_path / "file" / "samples.npz"

@@ -91,7 +91,7 @@ def results():
     """{(SDE, sampler, steps): (E, nfe, RMS distance to the PF-ODE solution)}.
 
     Per SDE one program runs PC-1000 (key (SDE, 'pc', 1000)), the few-step samplers and, for
-    the first PATH_POINTS prior draws, a tight PF-ODE solve (diffrax Tsit5, tolerances 1e-6),
+    the first PATH_POINTS prior draws, a tight PF-ODE solve (diffrax dopri5, tolerances 1e-6),
     all from the same prior draws.
     """
     out = {}

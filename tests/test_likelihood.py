@@ -50,7 +50,7 @@ def test_exact_divergence_log_likelihood_matches_perturbed_mixture(name):
     assert np.max(np.abs(log_p - target)) < 0.01
     # The ODE part on its own (true marginal at T instead of the prior): ~1e-4 nats.
     assert np.max(np.abs(true_prior + delta_logp - target)) < 1e-3
-    # tsit5 (FSAL): 1 evaluation at t0, then 6 per attempted step.
+    # dopri5, the default (FSAL): 1 evaluation at t0, then 6 per attempted step.
     assert np.all((nfe - 1) % 6 == 0)
     assert np.all((nfe > 30) & (nfe < 600))
 

@@ -305,7 +305,7 @@ def test_ode_sampler_reproduces_mixture(name):
     # The ODE is exact in distribution: only solver error and sampling noise remain.
     assert abs(extra_spread(x) - 1.0) < 0.01
     assert nfe.shape == (BATCH,)
-    # Tsit5 at rtol = atol = 1e-5 takes ~10–20 adaptive steps (6 evaluations each) here.
+    # dopri5 (the default) at rtol = atol = 1e-5 takes ~10–20 adaptive steps (6 evaluations each).
     assert 30 < float(np.mean(nfe)) < 300
 
 
@@ -318,7 +318,7 @@ def test_sde_sampler_reproduces_mixture(name, method):
 
 
 def test_reported_nfe_counts_actual_score_calls():
-    sde = make_sde("vp", 12)
+    sde = make_sde("vp", 24)  # N > beta_max: the DDPM chain of reverse diffusion exists
     shape = (1, DIM)
     counters = [collections.Counter() for _ in range(5)]
 
@@ -349,7 +349,7 @@ def test_reported_nfe_counts_actual_score_calls():
     assert reported == [c["calls"] for c in counters]
     # PC: N predictor steps and N - 1 corrector rounds; the original order corrects N times.
     # Heun: 2 evaluations per step; Tsit5: 6 per step + 1 at the start (+ 1 to denoise).
-    assert reported[:2] == [12 + 11 * 2, 12 * (1 + 3)]
+    assert reported[:2] == [24 + 23 * 2, 24 * (1 + 3)]
     assert reported[3] == 20
     assert (reported[2] - 2) % 6 == 0
     assert (reported[4] - 1) % 6 > 0  # more than the one first-stage evaluation at the start
@@ -426,6 +426,20 @@ def test_bad_arguments_raise_value_errors():
         sampling.get_pc_sampler(
             vp, score_fn, shape, "ancestral_sampling", "none", 0.1, probability_flow=True
         )
+    # At N <= beta_max the DDPM chain's alpha_i = 1 - beta_i reaches 0: NaN samples, refused.
+    coarse_vp, coarse_subvp = sde_lib.VPSDE(0.1, 20.0, 20), sde_lib.subVPSDE(0.1, 20.0, 20)
+    for sde, predictor, corrector in [
+        (coarse_vp, "reverse_diffusion", "none"),
+        (coarse_vp, "ancestral_sampling", "none"),
+        (coarse_vp, "euler_maruyama", "langevin"),
+        (coarse_subvp, "euler_maruyama", "ald"),
+    ]:
+        with pytest.raises(ValueError, match="N ≥ 21"):
+            sampling.get_pc_sampler(sde, score_fn, shape, predictor, corrector, 0.1)
+    sampling.get_pc_sampler(
+        sde_lib.VPSDE(0.1, 20.0, 21), score_fn, shape, "reverse_diffusion", "langevin", 0.1
+    )
+    sampling.get_pc_sampler(coarse_vp, score_fn, shape, "euler_maruyama", "none", 0.1)
     with pytest.raises(ValueError, match="snr"):
         sampling.get_pc_sampler(vp, score_fn, shape, "none", "langevin", 0.0)
     with pytest.raises(ValueError, match="n_steps"):

@@ -27,7 +27,7 @@ def get_ode_sampler(
     shape,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    method: str = "tsit5",
+    method: str = solvers.DEFAULT_ODE_METHOD,
     eps: float | None = None,
     denoise: bool = False,
     num_steps: int | None = None,
@@ -40,7 +40,7 @@ def get_ode_sampler(
       score_fn: ``score_fn(params, x, t) -> score``.
       shape: sample shape [B, ...].
       rtol, atol: tolerances of the adaptive (PID) step-size controller.
-      method: 'tsit5', 'dopri5', 'dopri8', 'bosh3', 'heun', 'midpoint', 'ralston' or 'euler'.
+      method: a name of `solvers.ODE_SOLVERS` (default dopri5).
       eps: end time; ``None`` selects 1e-5 for VE and 1e-3 for VP/sub-VP.
       denoise: finish with Tweedie's formula at eps (`tweedie_denoise`, one more evaluation).
         The original takes a reverse-diffusion step there, which is the same for VE.

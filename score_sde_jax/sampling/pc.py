@@ -147,6 +147,8 @@ def reverse_diffusion_predictor(sde, score_fn, probability_flow=False):
     Uses the SDE's own discretization: SMLD for VE, DDPM for VP, Euler–Maruyama for sub-VP.
     The step always goes to the next discrete level, so ``dt`` is unused.
     """
+    if isinstance(sde, sde_lib.VPSDE):
+        check_ddpm_levels(sde, "reverse_diffusion")
     rsde = sde_lib.reverse(sde, score_fn, probability_flow)
 
     def update(rng, params, x, t, dt):
@@ -183,6 +185,7 @@ def ancestral_sampling_predictor(sde, score_fn, probability_flow=False):
             return x_mean + batch_mul(std, normal_like(rng, x)), x_mean
 
     elif isinstance(sde, sde_lib.VPSDE):
+        check_ddpm_levels(sde, "ancestral_sampling")
 
         def update(rng, params, x, t, dt):
             del dt
@@ -210,6 +213,21 @@ def none_predictor(sde, score_fn, probability_flow=False):
 # ----------------------------------------------------------------------------------------------
 # Correctors (docs/original_code.md#samplers).
 # ----------------------------------------------------------------------------------------------
+
+
+def check_ddpm_levels(sde: sde_lib.SDE, user: str) -> None:
+    """Raises ValueError unless VP's DDPM chain exists at this N: every β_i ≤ β_max/N < 1.
+
+    The chain (Eq. 46) has α_i = 1 - β_i; at N ≤ β_max some α_i ≤ 0 and ``user`` (a predictor
+    or the Langevin step size of VP and sub-VP) would return NaN.
+    """
+    if isinstance(sde, sde_lib.VPSDE | sde_lib.subVPSDE) and sde.beta_max >= sde.N:
+        raise ValueError(
+            f"{user} steps the DDPM chain, whose β_i = β_max/N reaches "
+            f"{sde.beta_max / sde.N:g} ≥ 1 at N = {sde.N} (β_max = {sde.beta_max:g}); "
+            f"use N ≥ {int(sde.beta_max) + 1} levels (--num_steps / model.num_scales) or "
+            "--sampler=sde/ode/heun, which take any number of steps"
+        )
 
 
 def langevin_alpha(sde: sde_lib.SDE, t):
@@ -259,6 +277,7 @@ def langevin_corrector(sde, score_fn, snr, n_steps=1, batch_pooled=False):
     which makes each sample depend on its batch-mates.
     """
     _check_corrector_args(snr, n_steps)
+    check_ddpm_levels(sde, "the langevin corrector")
 
     def step_size(x, t, grad, z):
         grad_norm, noise_norm = _norm_per_sample(grad), _norm_per_sample(z)
@@ -278,6 +297,7 @@ def annealed_langevin_corrector(sde, score_fn, snr, n_steps=1, batch_pooled=Fals
     """
     del batch_pooled
     _check_corrector_args(snr, n_steps)
+    check_ddpm_levels(sde, "the ald corrector")
 
     def step_size(x, t, grad, z):
         std = sde.marginal_prob(x, t)[1]

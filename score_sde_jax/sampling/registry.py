@@ -25,7 +25,7 @@ class SamplerSpec:
       num_steps: 'pc': number of noise levels N (default ``model.num_scales``; continuous-time
         models only); 'ode': fixed steps instead of adaptive ones; 'sde': solver steps (default
         N); 'heun' / 'dpm2' / 'dpm3': required.
-      solver: 'ode': diffrax method (default 'tsit5'); 'sde': 'euler' (default) or 'heun'.
+      solver: 'ode': diffrax method (default 'dopri5'); 'sde': 'euler' (default) or 'heun'.
       rtol, atol: tolerances of the adaptive ODE solver.
       reproduce_original: 'pc' only: the original's batch-shared Langevin step, corrector-first
         order and Euler–Maruyama dt = 1/N (samples then depend on their batch-mates).
@@ -226,7 +226,7 @@ def define_flags() -> None:
         "pc: noise levels N (default model.num_scales); ode: fixed steps (default adaptive); "
         "sde: steps (default N); heun/dpm2/dpm3: steps (required).",
     )
-    flags.DEFINE_string("solver", None, "ode: diffrax method (tsit5); sde: euler or heun.")
+    flags.DEFINE_string("solver", None, "ode: diffrax method (dopri5); sde: euler or heun.")
     flags.DEFINE_float("rtol", 1e-5, "Relative tolerance of the adaptive ODE solver.")
     flags.DEFINE_float("atol", 1e-5, "Absolute tolerance of the adaptive ODE solver.")
     flags.DEFINE_bool(
