@@ -27,16 +27,19 @@ def _exact_divergence(f, x, probe):
         out = f(y.reshape(x.shape)).reshape(-1)
         return out, out
 
-    # Reverse mode: the networks' convolutions define custom VJPs (no forward mode).
     jacobian, fx = jax.jacrev(flat_f, has_aux=True)(x.reshape(-1))
     return fx.reshape(x.shape), jnp.trace(jacobian)
 
 
 def _hutchinson_divergence(f, x, probe):
-    """f(x) and εᵀ(∂f/∂x)ε from one reverse-mode product εᵀJ, as in the original."""
-    fx, vjp_fn = jax.vjp(f, x)
-    (probe_jacobian,) = vjp_fn(probe)
-    return fx, jnp.sum(probe_jacobian * probe)
+    """f(x) and εᵀ(∂f/∂x)ε from one forward-mode product Jε.
+
+    The original takes the reverse-mode product εᵀJ; the estimate is the same number up to
+    round-off. Forward mode keeps no activations, and on XLA:CPU a network's VJP inside the
+    solver's loop runs 2.3× slower than outside one, its JVP does not (docs/performance.md).
+    """
+    fx, jacobian_probe = jax.jvp(f, (x,), (probe,))
+    return fx, jnp.sum(jacobian_probe * probe)
 
 
 def get_log_prob_fn(
