@@ -20,6 +20,7 @@ import optax
 
 from score_sde_jax import gmm, likelihood, losses, score_fns, sde_lib
 from score_sde_jax.models import get_model
+from score_sde_jax.sampling.solvers import DEFAULT_ODE_METHOD
 
 MIXTURE = gmm.mixture(
     [0.3, 0.7],
@@ -98,7 +99,7 @@ def main():
         "sde": "vpsde(0.1, 20)",
         "batch": args.batch,
         "rtol_atol": 1e-5,
-        "solver": "tsit5",
+        "solver": DEFAULT_ODE_METHOD,
         "closed_form_mean_log_p": round(float(exact_log_p.mean()), 4),
         "cases": {},
     }
