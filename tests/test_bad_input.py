@@ -13,51 +13,13 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, REPO_ROOT
+from conftest import FIXTURES, TINY, cli
 from PIL import Image
 
-# A two-step digits run at 8x8 with an MLP: seconds to train, compile and sample.
-TINY = [
-    "--config=digits",
-    "--config.training.n_iters=2",
-    "--config.training.n_jitted_steps=1",
-    "--config.training.batch_size=8",
-    "--config.training.log_freq=1",
-    "--config.training.snapshot_freq=1",
-    "--config.training.snapshot_freq_for_preemption=1",
-    "--config.training.eval_freq=100",
-    "--config.training.snapshot_sampling=False",
-    "--config.eval.batch_size=8",
-    "--config.data.image_size=8",
-    "--config.model.name=mlp",
-    "--config.model.nf=32",
-    "--config.model.num_layers=1",
-    "--config.model.num_scales=8",
-]
 ORIGINAL_CKPT = FIXTURES / "official_models" / "ncsnpp_ve_small_ckpt" / "checkpoint_1"
-
-
-def cli(command, *args, devices=1, timeout=600):
-    """Runs ``python -m score_sde_jax.<command> *args`` on the CPU; the CompletedProcess."""
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        JAX_NUM_CPU_DEVICES=str(devices),
-        SCORE_SDE_PROGRESS="0",
-    )
-    return subprocess.run(
-        [sys.executable, "-m", f"score_sde_jax.{command}", *map(str, args)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def assert_error(result, exit_code, *fragments):

@@ -6,38 +6,15 @@ folder follows ``XDG_CACHE_HOME``; ``SCORE_SDE_COMPILATION_CACHE=0`` turns the c
 
 import os
 import re
-import subprocess
-import sys
 
-from conftest import REPO_ROOT
-
-# Two steps of a digits MLP at 8x8: the train step compiles in over a second (JAX caches those).
-TINY = [
-    "--config=digits",
-    "--config.training.n_iters=2",
-    "--config.training.n_jitted_steps=1",
-    "--config.training.batch_size=8",
-    "--config.training.snapshot_sampling=False",
-    "--config.eval.batch_size=8",
-    "--config.data.image_size=8",
-    "--config.model.name=mlp",
-    "--config.model.nf=32",
-    "--config.model.num_layers=1",
-    "--config.model.num_scales=8",
-]
+from conftest import TINY, cli
 
 
 def train(workdir, cache_home, **env):
-    environ = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    environ.update(JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(cache_home), **env)
-    result = subprocess.run(
-        [sys.executable, "-m", "score_sde_jax.train", f"--workdir={workdir}", *TINY],
-        cwd=REPO_ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """``train`` of the tiny run; the logged loss of its last step. The cache folder is the
+    commands' default under ``cache_home`` (the session's JAX_COMPILATION_CACHE_DIR is unset)."""
+    env = {"JAX_COMPILATION_CACHE_DIR": "", "XDG_CACHE_HOME": str(cache_home), **env}
+    result = cli("train", f"--workdir={workdir}", *TINY, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return re.findall(r"step 2/2 .*\| loss (\S+)", result.stderr)
 
