@@ -3,7 +3,7 @@
     python benchmarks/compare_pytorch.py --pytorch-repo PATH/score_sde_pytorch \\
         --pytorch-python PATH/venv/bin/python [--digits-workdir RUN] [--cases a,b]
         [--repeats 5] [--threads 2] [--idle-threshold 0.1] [--idle-wait 120]
-        [--max-minutes M] [--out FILE]
+        [--max-minutes M] [--device cpu|gpu] [--out FILE]
 
 ``--pytorch-repo`` is a checkout of ``yang-song/score_sde_pytorch`` (never vendored or fetched
 here) and ``--pytorch-python`` an interpreter with torch, numpy, scipy and ml_collections. Two
@@ -32,11 +32,22 @@ Cases (float32 on both sides, ``--threads`` threads each):
     batch). NFE of the batch (ours: its slowest sample), wall time, and the agreement of
     samples / bits per dim.
 
+``--device gpu`` runs the GPU cases instead, on the first GPU for both sides:
+``ncsnpp_cifar10_gpu`` / ``ddpmpp_cifar10_gpu``, the two CIFAR-10 networks at batch 128: forward,
+float32 train step (TF32 convolutions on both sides, their default) and ``train_bf16`` (ours: the
+network computing in bfloat16, ``model.dtype``; the port: ``torch.autocast`` to bfloat16 around its
+step, no loss scaling needed in bfloat16). A timed call is ``STEPS_PER_CALL`` steps waited for
+once; times are per step. The notes give each side's examples/s, model TFLOP/s and MFU (the
+same model FLOPs, `models.flops`, for both) and peak memory (ours: the compiled program's; the
+port: ``torch.cuda.max_memory_allocated``). The port runs with ``cudnn.benchmark`` on.
+
 Runtime shims for the port, applied in its worker only: ``torch.utils.cpp_extension.load`` is
 replaced by a stub while ``op`` is imported (its CUDA kernels are not built on a CPU and
 ``op.upfirdn2d`` uses its pure-PyTorch path on CPU tensors anyway); for the digits config
 (positional embedding, 250 noise scales) the port's network gets a 1000-entry ``sigmas`` buffer
 because it indexes it with 999·t even when ``scale_by_sigma`` is off (the value is unused).
+On a GPU its FIR resampling (``upfirdn2d``) takes that pure-PyTorch path too: its CUDA kernel is
+not built, and it has no bfloat16 version for autocast.
 """
 
 import argparse
@@ -64,6 +75,8 @@ CASES = {
     },
     "ode_digits": {"config": "digits", "batch": 16},
     "bpd_digits": {"config": "digits", "batch": 16},
+    "ncsnpp_cifar10_gpu": {"config": "ve/cifar10_ncsnpp_continuous", "batch": 128, "gpu": True},
+    "ddpmpp_cifar10_gpu": {"config": "vp/cifar10_ddpmpp_continuous", "batch": 128, "gpu": True},
 }
 TASKS = {
     "ncsnpp_cifar10": ("forward", "train"),
@@ -72,16 +85,23 @@ TASKS = {
     "pc_small": ("forward", "pc"),
     "ode_digits": ("ode", "ode_tsit5"),
     "bpd_digits": ("bpd", "bpd_tsit5"),
+    "ncsnpp_cifar10_gpu": ("forward", "train", "train_bf16"),
+    "ddpmpp_cifar10_gpu": ("forward", "train", "train_bf16"),
 }
+STEPS_PER_CALL = 10  # GPU cases: calls of this many steps, synchronised once at the end
 TOL = 1e-5  # rtol = atol of every adaptive solve, both sides
 PC = {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16}
 
 
-def _timed(fn):
-    """Runs ``fn()``; returns its result dict plus wall and process-CPU seconds."""
+def _timed(fn, steps=1):
+    """Runs ``fn()`` ``steps`` times; returns the last result dict (its values made Python
+    numbers, which waits for the device) plus wall and process-CPU seconds per call."""
     wall, cpu = time.perf_counter(), time.process_time()
-    out = fn() or {}
-    return {**out, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+    for _ in range(steps):
+        out = fn() or {}
+    out = {k: v if isinstance(v, int | float) else float(v) for k, v in out.items()}
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {**out, "wall_s": wall / steps, "cpu_s": cpu / steps}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,18 +158,20 @@ class JaxSide:
         np.savez(os.path.join(tmpdir, "inputs.npz"), **inputs)
         labels = score_fns.get_labels(self.sde, jnp.asarray(inputs["t"]), True)
         self.inputs = {k: jnp.asarray(v) for k, v in inputs.items()} | {"labels": labels}
-        wall = time.perf_counter()
-        self.fns = {
-            task: getattr(self, f"_build_{task.split('_')[0]}")(task, shape)
-            for task in TASKS[self.case]
-        }
-        warm = {task: _timed(fn) for task, fn in self.fns.items()}  # compiles
-        return {
+        self.steps = STEPS_PER_CALL if CASES[self.case].get("gpu") else 1
+        self.report = {
             "num_params": int(sum(p.size for p in jax.tree.leaves(self.params))),
             "init_s": round(init_s, 2),
-            "compile_and_first_call_s": {k: round(v["wall_s"], 2) for k, v in warm.items()},
-            "setup_s": round(time.perf_counter() - wall, 2),
+            "device_kind": jax.devices()[0].device_kind,
+            "compile_and_first_call_s": {},
         }
+        self.fns = {}
+        for task in TASKS[self.case]:
+            wall = time.perf_counter()
+            self.fns[task] = getattr(self, f"_build_{task.split('_')[0]}")(task, shape)
+            _timed(self.fns[task])
+            self.report["compile_and_first_call_s"][task] = round(time.perf_counter() - wall, 2)
+        return self.report
 
     def _params(self, config, shape):
         import jax.numpy as jnp
@@ -173,22 +195,33 @@ class JaxSide:
         return run
 
     def _build_train(self, task, shape):
+        """One `training.train_step` per call; ``train_bf16``: the network computing in bfloat16
+        (``model.dtype``), parameters and optimizer in float32. Records the compiled program's
+        memory and, for ``train``, the model FLOPs of one step (`models.flops`)."""
         import jax.numpy as jnp
 
         from benchmarks import common
-        from score_sde_jax import training
+        from score_sde_jax import models, training
+        from score_sde_jax.models import flops
 
         config, jax = self.config_, self.jax
+        if task.endswith("bf16"):
+            config = config.copy_and_resolve_references()
+            config.model.dtype = "bfloat16"
         optimizer = training.create_optimizer(config)
         state = training.TrainState.create(jax.tree.map(jnp.copy, self.params), optimizer)
-        step = jax.jit(common.train_step_fn(config, self.model, optimizer), donate_argnums=0)
+        fn = common.train_step_fn(config, models.get_model(config), optimizer)
         box = {"state": state, "rng": jax.random.PRNGKey(1)}
         batch = {"image": self.inputs["x"]}
+        step = jax.jit(fn, donate_argnums=0).lower(state, batch, box["rng"]).compile()
+        self.report.setdefault("memory", {})[task] = common.compiled_memory(step)
+        if task == "train":
+            self.report["model_flops_per_step"] = flops.count_flops(fn, state, batch, box["rng"])
 
         def run():
             box["rng"], rng = jax.random.split(box["rng"])
             box["state"], metrics = step(box["state"], batch, rng)
-            return {"loss": float(metrics["loss"])}
+            return {"loss": metrics["loss"]}
 
         return run
 
@@ -245,7 +278,7 @@ class JaxSide:
         return run
 
     def run(self, task):
-        return _timed(self.fns[task])
+        return _timed(self.fns[task], self.steps)
 
     def output(self, task, path):
         """Saves the last output of ``task`` (NCHW like the port's) for the agreement check."""
@@ -322,11 +355,12 @@ def port_state_dict(params, tops, port_params):
 class TorchSide:
     """The PyTorch port, imported from ``repo`` with the shims of the module docstring."""
 
-    def __init__(self, threads, repo):
+    def __init__(self, threads, repo, device="cpu"):
         import torch
         import torch.utils.cpp_extension as cpp
 
         torch.set_num_threads(threads)
+        self.device = torch.device(device)
         sys.path.insert(0, os.path.abspath(repo))
         load, cpp.load = cpp.load, lambda *args, **kwargs: None
         try:
@@ -347,40 +381,48 @@ class TorchSide:
             likelihood,
         )
         self.sde_lib, self.ema, self.mutils = sde_lib, ema, mutils
+        if self.device.type == "cuda":
+            _native_upfirdn2d()
+            torch.backends.cudnn.benchmark = True  # the port at its fastest
 
     def build(self, config):
         """The port's network for ``config``; returns its state_dict names and shapes."""
         import ml_collections
 
         config = ml_collections.ConfigDict(config)
-        config.device = self.torch.device("cpu")
+        config.device = self.device
         model_config = ml_collections.ConfigDict(config.to_dict())
         if model_config.model.embedding_type == "positional":  # shim: it indexes sigmas by 999t
             model_config.model.num_scales = max(model_config.model.num_scales, 1000)
         self.config = config
-        self.model = self.mutils.get_model(config.model.name)(model_config)
+        self.model = self.mutils.get_model(config.model.name)(model_config).to(self.device)
         self.sde, self.eps = _port_sde(self.sde_lib, config)
         return {"params": [(k, list(v.shape)) for k, v in self.model.state_dict().items()]}
 
     def setup(self, tmpdir, tasks):
         """Loads our weights and inputs, builds each task and runs it once (warm-up)."""
-        torch = self.torch
+        torch, cuda = self.torch, self.device.type == "cuda"
         state = self.model.state_dict()
         with np.load(os.path.join(tmpdir, "weights.npz")) as weights:
             state.update({k: torch.from_numpy(weights[k]) for k in weights.files})
         self.model.load_state_dict(state)
         with np.load(os.path.join(tmpdir, "inputs.npz")) as inputs:
             self.inputs = {
-                k: torch.from_numpy(v.transpose(0, 3, 1, 2).copy() if v.ndim == 4 else v)
+                k: torch.from_numpy(v.transpose(0, 3, 1, 2).copy() if v.ndim == 4 else v).to(
+                    self.device
+                )
                 for k, v in ((k, inputs[k]) for k in inputs.files)
             }
-        self.outs = {}
-        self.fns = {task: getattr(self, f"_build_{task.split('_')[0]}")(task) for task in tasks}
-        warm = {task: _timed(fn) for task, fn in self.fns.items()}
-        return {
-            "num_params": int(sum(p.numel() for p in self.model.parameters())),
-            "first_call_s": {k: round(v["wall_s"], 2) for k, v in warm.items()},
-        }
+        self.outs, self.fns, self.steps = {}, {}, STEPS_PER_CALL if cuda else 1
+        report = {"num_params": int(sum(p.numel() for p in self.model.parameters()))}
+        for task in tasks:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            self.fns[task] = getattr(self, f"_build_{task.split('_')[0]}")(task)
+            report.setdefault("first_call_s", {})[task] = round(_timed(self.fns[task])["wall_s"], 2)
+            if cuda:
+                report.setdefault("peak_bytes", {})[task] = torch.cuda.max_memory_allocated()
+        return report
 
     def _labels(self, x, t):
         if isinstance(self.sde, self.sde_lib.VESDE):
@@ -394,7 +436,7 @@ class TorchSide:
         def run():
             self.model.eval()
             with self.torch.no_grad():
-                self.outs[task] = self.model(x, labels).numpy()
+                self.outs[task] = self.model(x, labels).cpu().numpy()
 
         return run
 
@@ -416,8 +458,15 @@ class TorchSide:
             continuous=config.training.continuous,
             likelihood_weighting=config.training.likelihood_weighting,
         )
-        x = self.inputs["x"]
-        return lambda: {"loss": float(step_fn(state, x))}
+        x, torch = self.inputs["x"], self.torch
+        if not task.endswith("bf16"):
+            return lambda: {"loss": step_fn(state, x).detach()}
+
+        def run():  # the port's mixed precision at its best: autocast to bfloat16, no scaler
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return {"loss": step_fn(state, x).detach()}
+
+        return run
 
     def _build_pc(self, task):
         sampling = self.sampling
@@ -462,11 +511,24 @@ class TorchSide:
         return run
 
     def run(self, task):
-        return _timed(self.fns[task])
+        return _timed(self.fns[task], self.steps)
 
     def output(self, task, path):
         np.save(path, self.outs[task])
         return {}
+
+
+def _native_upfirdn2d():
+    """Shim for CUDA tensors: the port's FIR resampling takes its pure-PyTorch path, as on CPU
+    (its CUDA kernel is not built here, and it has no bfloat16 version for autocast)."""
+    from models import up_or_down_sampling
+
+    native = sys.modules["op.upfirdn2d"].upfirdn2d_native
+
+    def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
+        return native(x, kernel, up, up, down, down, pad[0], pad[1], pad[0], pad[1])
+
+    up_or_down_sampling.upfirdn2d = upfirdn2d
 
 
 def _port_sde(sde_lib, config):
@@ -677,6 +739,7 @@ def table(report):
                 f"{result['pc']['ours']['per_nfe_over_forward']}, port "
                 f"{result['pc']['port']['per_nfe_over_forward']}"
             )
+        notes += _train_notes(case, result)
         for task in ("bpd", "bpd_tsit5"):
             if task in result:
                 notes.append(
@@ -688,6 +751,35 @@ def table(report):
     return "\n".join(lines + [""] + notes)
 
 
+def _train_notes(case, result):
+    """Examples/s, model TFLOP/s, MFU and peak memory of each side's train steps (GPU cases)."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from benchmarks import common
+
+    ours = result["setup"]["ours"]
+    flops = ours.get("model_flops_per_step")
+    if not (CASES[case].get("gpu") and flops):
+        return []
+    notes = []
+    for task in (t for t in TASKS[case] if t.startswith("train") and t in result):
+        dtype = "bfloat16" if task.endswith("bf16") else "float32"
+        peak = common.peak_flops(ours["device_kind"], dtype)
+        memory = {
+            "ours": ours["memory"][task]["peak_bytes"],
+            "port": result["setup"]["port"].get("peak_bytes", {}).get(task),
+        }
+        for side in ("ours", "port"):
+            seconds = result[task][side]["wall_s"]
+            mfu = f", MFU {100 * flops / seconds / peak:.1f} %" if peak else ""
+            gib = f", peak memory {memory[side] / 2**30:.1f} GiB" if memory[side] else ""
+            notes.append(
+                f"{case}/{task} {side}: {CASES[case]['batch'] / seconds:,.0f} examples/s, "
+                f"{flops / seconds / 1e12:.2f} model TFLOP/s{mfu}{gib}"
+            )
+    return notes
+
+
 def _parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pytorch-repo", help="checkout of yang-song/score_sde_pytorch")
@@ -696,6 +788,9 @@ def _parse_args(argv=None):
     parser.add_argument("--cases", default=None, help="comma-separated; default: all that apply")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per side and task")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (cores) per side")
+    parser.add_argument(
+        "--device", choices=("cpu", "gpu"), default="cpu", help="where both sides compute"
+    )
     parser.add_argument("--idle-threshold", type=float, default=0.1)
     parser.add_argument("--idle-wait", type=float, default=120.0, help="max seconds per gate")
     parser.add_argument(
@@ -707,11 +802,17 @@ def _parse_args(argv=None):
 
 
 def _worker_main(args):
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    if args.device == "cpu":  # on a GPU the host cores compile and launch: leave them all
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     if args.worker == "jax":
         _serve(JaxSide(args.threads))
     else:
-        _serve(TorchSide(args.threads, args.pytorch_repo))
+        _serve(TorchSide(args.threads, args.pytorch_repo, _TORCH_DEVICE[args.device]))
+
+
+_TORCH_DEVICE = {"cpu": "cpu", "gpu": "cuda"}
+# The jax worker's platform; on a GPU it allocates as it goes, so the port has memory too.
+_JAX_ENV = {"cpu": {"JAX_PLATFORMS": "cpu"}, "gpu": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}
 
 
 def main():
@@ -720,16 +821,28 @@ def main():
         return _worker_main(args)
     if not (args.pytorch_repo and args.pytorch_python):
         raise SystemExit("--pytorch-repo and --pytorch-python are required.")
+    gpu = args.device == "gpu"
     cases = (
         args.cases.split(",")
         if args.cases
-        else [c for c in CASES if args.digits_workdir or CASES[c]["config"] != "digits"]
+        else [
+            c
+            for c, spec in CASES.items()
+            if spec.get("gpu", False) == gpu and (args.digits_workdir or spec["config"] != "digits")
+        ]
     )
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise SystemExit(f"Unknown case(s) {unknown}; valid: {', '.join(CASES)}.")
-    common = [__file__, "--threads", str(args.threads), "--worker"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    wrong = [c for c in cases if CASES[c].get("gpu", False) != gpu]
+    if wrong:
+        raise SystemExit(f"Case(s) {wrong} are not {args.device} cases; drop them or --device.")
+    common = [__file__, "--threads", str(args.threads), "--device", args.device, "--worker"]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        **_JAX_ENV[args.device],
+    )
     workers = {
         "ours": Worker("jax", [sys.executable, *common, "jax"], env),
         "port": Worker(
@@ -751,6 +864,7 @@ def main():
                 report["cases"][case] = _run_case(case, workers, gate, args)
             except Exception as error:  # a worker's error: report the other cases all the same
                 report.setdefault("errors", {})[case] = repr(error)
+            _write(report, args.out)  # what is done so far, should a later case not finish
     finally:
         for worker in workers.values():
             worker.close()
@@ -774,7 +888,8 @@ def _machine(args):
             args.pytorch_python,
             "-c",
             "import torch, numpy, scipy; print(torch.__version__, "
-            "numpy.__version__, scipy.__version__)",
+            "numpy.__version__, scipy.__version__, torch.cuda.is_available() and "
+            "torch.cuda.get_device_name(0).replace(' ', '_'))",
         ],
         capture_output=True,
         text=True,
@@ -786,6 +901,7 @@ def _machine(args):
         "cpu": model,
         "cpu_count": os.cpu_count(),
         "threads_per_side": args.threads,
+        "device": args.device,
         "jax": jax.__version__,
         "torch_numpy_scipy": versions,
         "port_commit": _git_head(args.pytorch_repo),
@@ -795,6 +911,9 @@ def _machine(args):
 
 
 def _git_head(repo):
+    """The checkout's commit; None where ``repo`` is no git checkout of its own (a copy)."""
+    if not os.path.exists(os.path.join(repo, ".git")):
+        return None
     result = subprocess.run(
         ["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
@@ -802,15 +921,18 @@ def _git_head(repo):
 
 
 def _emit(report, out):
-    sys.path.insert(0, ROOT)
-    from benchmarks import common
+    print(json.dumps(report, indent=2))
+    print(table(report), file=sys.stderr)
+    _write(report, out)
 
-    common.emit(report, out)
-    text = table(report)
-    print(text, file=sys.stderr)
+
+def _write(report, out):
+    """Writes ``report`` to ``out`` (JSON) and its table to ``out`` with suffix ``.md``."""
     if out:
+        with open(out, "w") as f:
+            f.write(json.dumps(report, indent=2) + "\n")
         with open(os.path.splitext(out)[0] + ".md", "w") as f:
-            f.write(text + "\n")
+            f.write(table(report) + "\n")
 
 
 if __name__ == "__main__":
