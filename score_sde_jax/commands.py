@@ -304,6 +304,10 @@ def _quiet_libraries(verbose: bool) -> None:
         return
     logging.get_absl_handler().addFilter(_LibraryInfo())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow announces its oneDNN kernels when it first runs an op (the TensorBoard writer's
+    # thread, after the import): only turning them off silences it. TensorFlow computes nothing
+    # of the model here, only writes logs and reads datasets.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     if "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, _MutedImport("tensorflow"))
 

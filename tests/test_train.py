@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
-from conftest import FIXTURES
+from conftest import FIXTURES, TINY, cli
 from tensorboard.backend.event_processing import event_accumulator
 
 from score_sde_jax import checkpoints, convert_checkpoint, distributed, models, training
@@ -196,6 +196,16 @@ def toy_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("toy4"))
     state = training.train_and_evaluate(toy_config(), workdir)
     return workdir, params_of(state)
+
+
+def test_train_prints_no_tensorflow_start_up_lines(tmp_path):
+    # TensorFlow's C++ logging announces its oneDNN kernels when the TensorBoard writer's thread
+    # first runs an op, past the muted import (`commands._quiet_libraries`).
+    result = cli("train", f"--workdir={tmp_path / 'run'}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 2/2" in result.stderr
+    for line in ("oneDNN custom operations", "absl::InitializeLog"):
+        assert line not in result.stderr
 
 
 def test_four_devices_match_one_device(toy_run, tmp_path):
