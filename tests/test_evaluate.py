@@ -8,6 +8,7 @@ mode runs with the random-weight Inception of tests/fixtures/fid_inception.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -274,8 +275,19 @@ def test_fid_pipeline_runs_and_resumes_after_preemption(config, workdir, fid_res
         driver.evaluate(config, workdir, "eval_fid", **kwargs)
 
 
-def test_checkpoint_index_maps_to_step(config, workdir):
+def test_checkpoint_index_maps_to_step(config, workdir, tmp_path):
     assert checkpoint_index.checkpoint_step(config, 2) == 2 * config.training.snapshot_freq
     assert checkpoint_index.find_checkpoint(config, workdir, 2) == 2
     with pytest.raises(FileNotFoundError, match=r"no step 3 .* among the steps \[1, 2\]"):
         checkpoint_index.find_checkpoint(config, workdir, 3)
+    # A converted original checkpoint_k holds k * snapshot_freq + n_jitted_steps updates (D16).
+    original = config.copy_and_resolve_references()
+    original.training.snapshot_freq, original.training.n_jitted_steps = 5, 2
+    shutil.copytree(workdir / "checkpoints" / "2", tmp_path / "checkpoints" / "7")
+    assert checkpoint_index.find_checkpoint(original, tmp_path, 1) == 7
+    with pytest.raises(FileNotFoundError, match=r"no step 10 .* or 12 \(converted"):
+        checkpoint_index.find_checkpoint(original, tmp_path, 2)
+    # In this run's own counting step 2 is checkpoint 2, never checkpoint 1 + one dispatch.
+    shutil.copytree(workdir / "checkpoints" / "2", tmp_path / "own" / "checkpoints" / "2")
+    with pytest.raises(FileNotFoundError, match=r"no step 1 \(= 1 x .*\) among the steps \[2\]"):
+        checkpoint_index.find_checkpoint(config, tmp_path / "own", 1)
