@@ -222,7 +222,8 @@ def _use_compilation_cache() -> None:
     A second run of a command then skips most compilation: the parameter initialiser, the train
     step, the samplers (docs/performance.md, "Start-up"). The folder is ``$JAX_COMPILATION_CACHE_DIR``
     when set, else ``$XDG_CACHE_HOME/score_sde_jax/jax`` (``~/.cache/...``);
-    ``SCORE_SDE_COMPILATION_CACHE=0`` turns it off.
+    ``SCORE_SDE_COMPILATION_CACHE=0`` turns it off. Our folder keeps at most `CACHE_MAX_BYTES`
+    (``JAX_COMPILATION_CACHE_MAX_SIZE`` overrides it).
     """
     if os.environ.get("SCORE_SDE_COMPILATION_CACHE", "1") == "0":
         return
@@ -230,6 +231,14 @@ def _use_compilation_cache() -> None:
         return
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     jax.config.update("jax_compilation_cache_dir", os.path.join(base, "score_sde_jax", "jax"))
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+
+
+# The compilation cache's size: past it JAX removes the least recently used programs. With a
+# size JAX also locks the folder (the filelock package), so concurrent runs never read an entry
+# another one is still writing.
+CACHE_MAX_BYTES = 4 * 2**30
 
 
 def _parse_flags(argv):

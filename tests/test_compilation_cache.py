@@ -1,7 +1,8 @@
 """The commands keep compiled programs on disk (`score_sde_jax.commands`, docs/performance.md).
 
 A second run loads the train step instead of compiling it and logs the same loss; the
-folder follows ``XDG_CACHE_HOME``; ``SCORE_SDE_COMPILATION_CACHE=0`` turns the cache off.
+folder follows ``XDG_CACHE_HOME``; its size is bounded; ``SCORE_SDE_COMPILATION_CACHE=0`` turns
+the cache off.
 """
 
 import os
@@ -28,6 +29,8 @@ def test_second_run_loads_the_compiled_train_step(tmp_path):
     first = train(tmp_path / "run1", tmp_path / "cache")
     entries = cached(tmp_path / "cache")
     assert any(name.startswith("jit_train_steps-") for name in entries), entries
+    # JAX keeps access times (and a lock) only for a cache with a size limit: ours has one.
+    assert any(name.endswith("-atime") for name in entries), entries
     second = train(tmp_path / "run2", tmp_path / "cache")
     assert cached(tmp_path / "cache") == entries  # loaded, nothing compiled anew
     assert len(first) == 1 and second == first  # the same logged loss
@@ -36,3 +39,12 @@ def test_second_run_loads_the_compiled_train_step(tmp_path):
 def test_cache_off(tmp_path):
     train(tmp_path / "run", tmp_path / "cache", SCORE_SDE_COMPILATION_CACHE="0")
     assert cached(tmp_path / "cache") == []
+
+
+def test_cache_size_is_bounded(tmp_path):
+    # The tiny run's train step takes about 117 kB: a 50 kB cache does not keep it.
+    train(tmp_path / "run", tmp_path / "cache", JAX_COMPILATION_CACHE_MAX_SIZE="50000")
+    entries = cached(tmp_path / "cache")
+    assert not any(name.endswith("-cache") for name in entries), entries
+    folder = tmp_path / "cache" / "score_sde_jax" / "jax"
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 50000
