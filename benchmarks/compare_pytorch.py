@@ -836,7 +836,8 @@ def main():
         raise SystemExit(f"Unknown case(s) {unknown}; valid: {', '.join(CASES)}.")
     wrong = [c for c in cases if CASES[c].get("gpu", False) != gpu]
     if wrong:
-        raise SystemExit(f"Case(s) {wrong} are not {args.device} cases; drop them or --device.")
+        other = "cpu" if gpu else "gpu"
+        raise SystemExit(f"Case(s) {wrong} are --device {other} cases; drop them or pass that.")
     common = [__file__, "--threads", str(args.threads), "--device", args.device, "--worker"]
     env = dict(
         os.environ,
