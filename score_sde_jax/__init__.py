@@ -39,3 +39,18 @@ def _find_checkout_configs() -> None:
 
 
 _find_checkout_configs()
+
+# XLA:CPU runs convolutions through Eigen and keeps YNNPACK for matrix products and reductions:
+# YNNPACK's convolution gradients are 1.3-1.4x slower than Eigen's (docs/performance.md,
+# "XLA:CPU flags"). Results differ by float32 round-off only. It takes effect when this package
+# is imported before JAX starts its CPU backend (every command); XLA_FLAGS naming the option wins.
+CPU_LIBRARY_FLAG = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce"
+
+
+def _use_cpu_library_flag() -> None:
+    flags_now = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_experimental_ynn_fusion_type" not in flags_now:
+        os.environ["XLA_FLAGS"] = f"{flags_now} {CPU_LIBRARY_FLAG}".strip()
+
+
+_use_cpu_library_flag()
