@@ -44,13 +44,6 @@ CASES = {
 }
 
 
-def initial_train_state(config, model, optimizer) -> training.TrainState:
-    """A `training.TrainState` with the network's initial parameters (`models.init_params`)."""
-    x = jnp.zeros((1, *pipeline.image_shape(config)), jnp.float32)
-    params = models.init_params(model, jax.random.PRNGKey(0), x, jnp.ones((1,)))
-    return training.TrainState.create(params, optimizer)
-
-
 def bench(config, dispatches: int) -> dict:
     """Times `training.train_steps` for ``config`` on synthetic data; returns a result dict."""
     t = config.training
@@ -60,7 +53,7 @@ def bench(config, dispatches: int) -> dict:
     batches = NamedSharding(mesh, P(None, "data"))
     model = models.get_model(config)
     optimizer = training.create_optimizer(config)
-    state = jax.device_put(initial_train_state(config, model, optimizer), replicated)
+    state = jax.device_put(common.initial_train_state(config, model, optimizer), replicated)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     step_fn = jax.jit(
         common.train_step_fn(config, model, optimizer, scan=True),

@@ -10,13 +10,16 @@ whatever their trip count, and on GPUs without the convolutions that become libr
 """
 
 import functools
+import importlib
 import json
 import os
 import platform
 
 import jax
+import jax.numpy as jnp
 
-from score_sde_jax import sde_lib, training
+from score_sde_jax import models, sde_lib, training
+from score_sde_jax.data import pipeline
 from score_sde_jax.models import flops as flops_lib
 
 # Dense (no sparsity) peak FLOP/s per device from the vendors' datasheets, by the compute dtype
@@ -33,6 +36,18 @@ PEAK_FLOPS = {
     "TPU v5": {"bfloat16": 459.0e12, "float32": 459.0e12},  # v5p reports itself as "TPU v5"
     "TPU v6 lite": {"bfloat16": 918.0e12, "float32": 918.0e12},  # v6e
 }
+
+
+def load_config(name: str):
+    """The config of a paper experiment by name, e.g. ``ve/cifar10_ncsnpp_continuous``."""
+    return importlib.import_module("score_sde_jax.configs." + name.replace("/", ".")).get_config()
+
+
+def initial_train_state(config, model, optimizer) -> training.TrainState:
+    """A `training.TrainState` with the network's initial parameters (`models.init_params`)."""
+    x = jnp.zeros((1, *pipeline.image_shape(config)), jnp.float32)
+    params = models.init_params(model, jax.random.PRNGKey(0), x, jnp.ones((1,)))
+    return training.TrainState.create(params, optimizer)
 
 
 def train_step_fn(config, model, optimizer, *, scan: bool = False, grad_accum_steps=None):

@@ -121,13 +121,14 @@ class JaxSide:
 
     def config(self, case, digits_workdir=None):
         """The case's config (original keys) as a JSON-able dict, shared with the port."""
+        from benchmarks import common
         from score_sde_jax import checkpoints
 
         spec = CASES[case]
         if spec["config"] == "digits":
             config = checkpoints.RunFolder(digits_workdir).saved_config()
         else:
-            config = _load_config(spec["config"])
+            config = common.load_config(spec["config"])
         if spec.get("small"):
             config.model.update(nf=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(8,))
             config.data.image_size = 16
@@ -289,13 +290,6 @@ class JaxSide:
 def _method(task):
     """Solver keyword of an ODE / bpd task: the package's default, or tsit5 for ``*_tsit5``."""
     return {"method": "tsit5"} if task.endswith("tsit5") else {}
-
-
-def _load_config(name):
-    import importlib
-
-    module = "score_sde_jax.configs." + name.replace("/", ".")
-    return importlib.import_module(module).get_config()
 
 
 def _inputs(config, case, shape, sde):

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 from score_sde_jax import models, training  # noqa: E402
+from score_sde_jax.data import pipeline  # noqa: E402
 from score_sde_jax.models import flops as flops_lib  # noqa: E402
 
 # Kernel kinds by name, first match wins: cuDNN / cuBLAS / CUTLASS kernels, then XLA's own.
@@ -92,25 +93,12 @@ def summarize(trace: dict, steps: int, top: int) -> dict:
     }
 
 
-def _load_config(name, batch, dtype):
-    import importlib
-
-    config = importlib.import_module("score_sde_jax.configs." + name.replace("/", ".")).get_config()
-    config.training.batch_size = batch
-    if dtype:
-        config.model.dtype = dtype
-    return config
-
-
 def profile(config, steps: int, top: int) -> dict:
     """Compiles, warms up and traces ``steps`` train steps of ``config``; the summary dict."""
     model = models.get_model(config)
     optimizer = training.create_optimizer(config)
-    shape = (config.training.batch_size, *(config.data.image_size,) * 2, config.data.num_channels)
-    params = models.init_params(
-        model, jax.random.PRNGKey(0), jnp.zeros((1, *shape[1:])), jnp.ones((1,))
-    )
-    state = training.TrainState.create(params, optimizer)
+    state = common.initial_train_state(config, model, optimizer)
+    shape = (config.training.batch_size, *pipeline.image_shape(config))
     batch = {"image": jnp.asarray(np.random.default_rng(0).uniform(size=shape), jnp.float32)}
     fn = common.train_step_fn(config, model, optimizer)
     rng = jax.random.PRNGKey(1)
@@ -154,7 +142,10 @@ def main():
     parser.add_argument("--top", type=int, default=20, help="kernels listed")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
-    config = _load_config(args.config, args.batch, args.dtype)
+    config = common.load_config(args.config)
+    config.training.batch_size = args.batch
+    if args.dtype:
+        config.model.dtype = args.dtype
     report = {"machine": common.machine_info(), "config": args.config}
     report |= profile(config, args.steps, args.top)
     common.emit(report, args.out)
