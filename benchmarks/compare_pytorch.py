@@ -3,7 +3,7 @@
     python benchmarks/compare_pytorch.py --pytorch-repo PATH/score_sde_pytorch \\
         --pytorch-python PATH/venv/bin/python [--digits-workdir RUN] [--cases a,b]
         [--repeats 5] [--threads 2] [--idle-threshold 0.1] [--idle-wait 120]
-        [--max-minutes M] [--device cpu|gpu] [--out FILE]
+        [--max-minutes M] [--device cpu|gpu] [--steps-per-call N] [--out FILE]
 
 ``--pytorch-repo`` is a checkout of ``yang-song/score_sde_pytorch`` (never vendored or fetched
 here) and ``--pytorch-python`` an interpreter with torch, numpy, scipy and ml_collections. Two
@@ -36,8 +36,8 @@ Cases (float32 on both sides, ``--threads`` threads each):
 ``ncsnpp_cifar10_gpu`` / ``ddpmpp_cifar10_gpu``, the two CIFAR-10 networks at batch 128: forward,
 float32 train step (TF32 convolutions on both sides, their default) and ``train_bf16`` (ours: the
 network computing in bfloat16, ``model.dtype``; the port: ``torch.autocast`` to bfloat16 around its
-step, no loss scaling needed in bfloat16). A timed call is ``STEPS_PER_CALL`` steps waited for
-once; times are per step. The notes give each side's examples/s, model TFLOP/s and MFU (the
+step, no loss scaling needed in bfloat16). A timed call is ``--steps-per-call`` steps (10 on a
+GPU, 1 on a CPU) waited for once; times are per step. The notes give each side's examples/s, model TFLOP/s and MFU (the
 same model FLOPs, `models.flops`, for both) and peak memory (ours: the compiled program's; the
 port: ``torch.cuda.max_memory_allocated``). The port runs with ``cudnn.benchmark`` on.
 
@@ -88,9 +88,15 @@ TASKS = {
     "ncsnpp_cifar10_gpu": ("forward", "train", "train_bf16"),
     "ddpmpp_cifar10_gpu": ("forward", "train", "train_bf16"),
 }
-STEPS_PER_CALL = 10  # GPU cases: calls of this many steps, synchronised once at the end
+STEPS_PER_CALL = {"cpu": 1, "gpu": 10}  # default --steps-per-call: steps per timed call
 TOL = 1e-5  # rtol = atol of every adaptive solve, both sides
 PC = {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16}
+
+
+def _steps(task, steps):
+    """Steps per timed call of ``task``: forwards and train steps run ``steps`` in a row, as a
+    training loop does; a sampler, ODE solve or bits/dim call is one whole run."""
+    return steps if task == "forward" or task.startswith("train") else 1
 
 
 def _timed(fn, steps=1):
@@ -112,11 +118,11 @@ def _timed(fn, steps=1):
 class JaxSide:
     """This package: builds each case, writes the port's weights and the shared inputs."""
 
-    def __init__(self, threads):
+    def __init__(self, threads, steps):
         del threads  # XLA:CPU uses every core of the machine (pin the process with taskset)
         import jax
 
-        self.jax = jax
+        self.jax, self.steps = jax, steps
         self.case = None
 
     def config(self, case, digits_workdir=None):
@@ -159,7 +165,6 @@ class JaxSide:
         np.savez(os.path.join(tmpdir, "inputs.npz"), **inputs)
         labels = score_fns.get_labels(self.sde, jnp.asarray(inputs["t"]), True)
         self.inputs = {k: jnp.asarray(v) for k, v in inputs.items()} | {"labels": labels}
-        self.steps = STEPS_PER_CALL if CASES[self.case].get("gpu") else 1
         self.report = {
             "num_params": int(sum(p.size for p in jax.tree.leaves(self.params))),
             "init_s": round(init_s, 2),
@@ -279,7 +284,7 @@ class JaxSide:
         return run
 
     def run(self, task):
-        return _timed(self.fns[task], self.steps)
+        return _timed(self.fns[task], _steps(task, self.steps))
 
     def output(self, task, path):
         """Saves the last output of ``task`` (NCHW like the port's) for the agreement check."""
@@ -349,11 +354,12 @@ def port_state_dict(params, tops, port_params):
 class TorchSide:
     """The PyTorch port, imported from ``repo`` with the shims of the module docstring."""
 
-    def __init__(self, threads, repo, device="cpu"):
+    def __init__(self, threads, steps, repo, device="cpu"):
         import torch
         import torch.utils.cpp_extension as cpp
 
         torch.set_num_threads(threads)
+        self.steps = steps
         self.device = torch.device(device)
         sys.path.insert(0, os.path.abspath(repo))
         load, cpp.load = cpp.load, lambda *args, **kwargs: None
@@ -407,7 +413,7 @@ class TorchSide:
                 )
                 for k, v in ((k, inputs[k]) for k in inputs.files)
             }
-        self.outs, self.fns, self.steps = {}, {}, STEPS_PER_CALL if cuda else 1
+        self.outs, self.fns = {}, {}
         report = {"num_params": int(sum(p.numel() for p in self.model.parameters()))}
         for task in tasks:
             if cuda:
@@ -505,7 +511,7 @@ class TorchSide:
         return run
 
     def run(self, task):
-        return _timed(self.fns[task], self.steps)
+        return _timed(self.fns[task], _steps(task, self.steps))
 
     def output(self, task, path):
         np.save(path, self.outs[task])
@@ -790,18 +796,27 @@ def _parse_args(argv=None):
     parser.add_argument(
         "--max-minutes", type=float, default=None, help="start no case after this long"
     )
+    parser.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=None,
+        help="consecutive forward / train steps per timed call (default: 1 on CPU, 10 on GPU)",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON here (and FILE.md)")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.steps_per_call = args.steps_per_call or STEPS_PER_CALL[args.device]
+    return args
 
 
 def _worker_main(args):
     if args.device == "cpu":  # on a GPU the host cores compile and launch: leave them all
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     if args.worker == "jax":
-        _serve(JaxSide(args.threads))
+        _serve(JaxSide(args.threads, args.steps_per_call))
     else:
-        _serve(TorchSide(args.threads, args.pytorch_repo, _TORCH_DEVICE[args.device]))
+        device = _TORCH_DEVICE[args.device]
+        _serve(TorchSide(args.threads, args.steps_per_call, args.pytorch_repo, device))
 
 
 _TORCH_DEVICE = {"cpu": "cpu", "gpu": "cuda"}
@@ -832,7 +847,8 @@ def main():
     if wrong:
         other = "cpu" if gpu else "gpu"
         raise SystemExit(f"Case(s) {wrong} are --device {other} cases; drop them or pass that.")
-    common = [__file__, "--threads", str(args.threads), "--device", args.device, "--worker"]
+    common = [__file__, "--threads", str(args.threads), "--device", args.device]
+    common += ["--steps-per-call", str(args.steps_per_call), "--worker"]
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
@@ -896,6 +912,7 @@ def _machine(args):
         "cpu": model,
         "cpu_count": os.cpu_count(),
         "threads_per_side": args.threads,
+        "steps_per_call": args.steps_per_call,
         "device": args.device,
         "jax": jax.__version__,
         "torch_numpy_scipy": versions,

@@ -1,7 +1,9 @@
-"""The profile summary of `benchmarks/profile_train_step.py` on a made-up two-step GPU trace."""
+"""The profile summary of `benchmarks/profile_train_step.py` on a made-up two-step GPU trace, and
+the steps per timed call of `benchmarks/compare_pytorch.py`."""
 
 import pytest
 
+from benchmarks import compare_pytorch
 from benchmarks import profile_train_step as profile
 
 
@@ -44,3 +46,16 @@ def test_summary_counts_stream_kernels_per_step_by_kind():
     assert first["name"].startswith("sm90_xmma") and first["calls_per_step"] == 2
     assert first["ms_per_step"] == 1.0
     assert [k["kind"] for k in summary["top_kernels"]] == ["conv_matmul", "reduction"]
+
+
+@pytest.mark.parametrize(
+    "task, steps",
+    [("forward", 3), ("train", 3), ("train_bf16", 3), ("pc", 1), ("ode_tsit5", 1), ("bpd", 1)],
+)
+def test_forwards_and_train_steps_run_several_per_timed_call(task, steps):
+    """Network calls repeat ``--steps-per-call`` times in a timed call; a sampler, ODE solve or
+    bits/dim is one whole run whatever the option says."""
+    assert compare_pytorch._steps(task, 3) == steps
+    assert compare_pytorch._parse_args(["--steps-per-call", "3"]).steps_per_call == 3
+    assert compare_pytorch._parse_args([]).steps_per_call == 1  # CPU: one step, as measured so far
+    assert compare_pytorch._parse_args(["--device", "gpu"]).steps_per_call == 10
