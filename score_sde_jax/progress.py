@@ -8,12 +8,18 @@ program, so the samplers stay pure functions with no side effects by default.
 
 import contextlib
 import functools
+import importlib.util
 import os
 import sys
 
 import jax
 import jax.numpy as jnp
-from tqdm.auto import tqdm
+
+if importlib.util.find_spec("ipywidgets") is None:
+    # The text bar tqdm.auto falls back to in a notebook without widgets, minus its warning.
+    from tqdm.std import tqdm
+else:
+    from tqdm.auto import tqdm
 
 _ACTIVE = []  # the bars compiled loops advance, innermost last
 

@@ -39,6 +39,8 @@ def run_notebook(name, out, monkeypatch):
     assert all(cell.execution_count is not None for cell in code_cells)
     outputs = [output for cell in code_cells for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
+    streams = "".join(output.text for output in outputs if output.output_type == "stream")
+    assert "IProgress not found" not in streams  # without ipywidgets: text bars, no warning
     pictures = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
     return len(pictures), {path.stem: dict(np.load(path)) for path in out.glob("*.npz")}
 
