@@ -37,9 +37,10 @@ Cases (float32 on both sides, ``--threads`` threads each):
 float32 train step (TF32 convolutions on both sides, their default) and ``train_bf16`` (ours: the
 network computing in bfloat16, ``model.dtype``; the port: ``torch.autocast`` to bfloat16 around its
 step, no loss scaling needed in bfloat16). A timed call is ``--steps-per-call`` steps (10 on a
-GPU, 1 on a CPU) waited for once; times are per step. The notes give each side's examples/s, model TFLOP/s and MFU (the
-same model FLOPs, `models.flops`, for both) and peak memory (ours: the compiled program's; the
-port: ``torch.cuda.max_memory_allocated``). The port runs with ``cudnn.benchmark`` on.
+GPU, 1 on a CPU; forwards and train steps only) waited for once; times are per step. The notes
+give each side's examples/s, model TFLOP/s and MFU (the same model FLOPs, `models.flops`, for
+both) and peak memory (ours: the compiled program's; the port:
+``torch.cuda.max_memory_allocated``). The port runs with ``cudnn.benchmark`` on.
 
 Runtime shims for the port, applied in its worker only: ``torch.utils.cpp_extension.load`` is
 replaced by a stub while ``op`` is imported (its CUDA kernels are not built on a CPU and
