@@ -123,6 +123,9 @@ class JaxSide:
         del threads  # XLA:CPU uses every core of the machine (pin the process with taskset)
         import jax
 
+        # Before JAX starts its CPU backend, as in every command: its XLA flag and host memory.
+        import score_sde_jax  # noqa: F401
+
         self.jax, self.steps = jax, steps
         self.case = None
 
