@@ -55,8 +55,8 @@ def _use_cpu_library_flag() -> None:
 
 _use_cpu_library_flag()
 
-# Freed host memory stays with the process (score_sde_jax.host_memory): XLA:CPU's temporary
-# buffers then cost no page faults after the first call. Bit-for-bit the same results.
+# With SCORE_SDE_REUSE_HOST_MEMORY=1, freed host memory stays with the process
+# (score_sde_jax.host_memory): XLA:CPU's temporary buffers then cost no page faults.
 from score_sde_jax import host_memory  # noqa: E402
 
-host_memory.apply_default()
+host_memory.apply_requested()
