@@ -12,8 +12,8 @@ It is off by default because one arena for all threads slows XLA's multi-threade
 DDPM++ train step compiles in 57 s instead of 43 s) and the default digits training (168 s instead of
 154 s for 200 steps), and because the process keeps the most memory it ever had allocated at once.
 ``SCORE_SDE_REUSE_HOST_MEMORY=1`` turns it on when the package is imported (`apply_requested`; glibc
-only). Like the XLA flag in ``__init__``, it must come before JAX starts
-its CPU backend: threads started earlier keep their arenas.
+only). Like the XLA flag in ``__init__``, it must come before JAX starts its CPU backend: threads
+started earlier keep their arenas.
 """
 
 import ctypes
