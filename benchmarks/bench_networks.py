@@ -1,6 +1,6 @@
 """Forward and train-step time of the NCSN++ / DDPM++ networks on this machine; prints JSON.
 
-Cases (configs built inline from the facts sheet, Tables 7.3.A–C):
+Cases (configs built inline; the same networks as the configs named below, docs/configs.md):
   * ``ncsnpp_cont_cifar10`` — ve/cifar10_ncsnpp_continuous (VE, Fourier, FIR), batch 8;
   * ``ddpmpp_cont_cifar10`` — vp/cifar10_ddpmpp_continuous (VP, positional, no FIR), batch 8;
   * ``ncsnpp_small`` — the conformance fixtures' shrunk NCSN++ (16 px, nf 16, ch_mult (1, 2, 2),
@@ -64,7 +64,7 @@ def _parse_args():
 
 
 def _cifar10_config(**model_overrides) -> ml_collections.ConfigDict:
-    """CIFAR-10 NCSN++-family config (facts Tables 7.1, 7.3.A–C)."""
+    """CIFAR-10 NCSN++-family config (the paper's App. H settings, as in configs/ve and configs/vp)."""
     config = ml_collections.ConfigDict()
     config.training = ml_collections.ConfigDict({"continuous": True})
     config.data = ml_collections.ConfigDict(

@@ -110,7 +110,7 @@ def test_resize_matches_tf_antialiased_resize_and_clips(tf):
             ref = np.clip(np.round(ref.numpy()), 0, 255)
             assert ours.dtype == np.uint8 and ours.shape == (*size, 3)
             assert np.abs(ours - ref).max() <= 1 and np.mean(ours == ref) > 0.99
-    # Bicubic overshoots at a hard edge; the original cast that to uint8 unclipped (§11.22).
+    # Bicubic overshoots at a hard edge; the original cast that to uint8 unclipped (docs/data.md, Resizing).
     edge = np.zeros((8, 8, 3), np.uint8)
     edge[:, 4:] = 255
     raw = tf.image.resize(edge.astype(np.float32), (32, 32), "bicubic", antialias=True).numpy()

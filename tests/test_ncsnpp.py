@@ -184,7 +184,7 @@ FULL_CONFIGS = {
         },
     ),
 }
-FACTS_TOTALS = {
+ORIGINAL_TOTALS = {
     "ve/cifar10_ncsnpp": 62_693_251,
     "ve/ffhq_ncsnpp_continuous": 105_785_896,
 }
@@ -210,10 +210,10 @@ def official_shapes():
 
 def test_every_ncsnpp_entry_of_param_shapes_full_is_covered(official_shapes):
     ncsnpp_entries = {k for k in official_shapes if "ncsnpp" in k or "ddpmpp" in k}
-    assert ncsnpp_entries == set(FULL_CONFIGS) - set(FACTS_TOTALS)
+    assert ncsnpp_entries == set(FULL_CONFIGS) - set(ORIGINAL_TOTALS)
 
 
-@pytest.mark.parametrize("name", [n for n in FULL_CONFIGS if n not in FACTS_TOTALS])
+@pytest.mark.parametrize("name", [n for n in FULL_CONFIGS if n not in ORIGINAL_TOTALS])
 def test_full_size_param_paths_shapes_and_total(name, official_shapes):
     config = _full_config(name)
     ours = _param_shapes(get_model(config), config.data.image_size)
@@ -228,11 +228,11 @@ def test_full_size_param_paths_shapes_and_total(name, official_shapes):
     assert sum(int(np.prod(s)) for s in ours.values()) == official["total"]
 
 
-@pytest.mark.parametrize("name", sorted(FACTS_TOTALS))
+@pytest.mark.parametrize("name", sorted(ORIGINAL_TOTALS))
 def test_full_size_totals_of_the_original(name):
     config = _full_config(name)
     shapes = _param_shapes(get_model(config), config.data.image_size)
-    assert sum(int(np.prod(s)) for s in shapes.values()) == FACTS_TOTALS[name]
+    assert sum(int(np.prod(s)) for s in shapes.values()) == ORIGINAL_TOTALS[name]
 
 
 # ------------------------------------------------------------------------------------------------
