@@ -57,8 +57,11 @@ def train_step_fn(config, model, optimizer, *, scan: bool = False, grad_accum_st
     if grad_accum_steps is None:
         grad_accum_steps = config.training.get("grad_accum_steps", 1)
     loss_fn = training.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
+    # Unrolled on a CPU, as the training loop runs it there (`training.train_steps`).
+    unrolled = {"unroll": jax.default_backend() == "cpu"} if scan else {}
     return functools.partial(
         training.train_steps if scan else training.train_step,
+        **unrolled,
         loss_fn=training.image_loss(loss_fn),
         optimizer=optimizer,
         learning_rate_fn=training.create_learning_rate_fn(config),

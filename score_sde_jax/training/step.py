@@ -1,10 +1,11 @@
-"""The train step: one optimizer update on a global batch, and ``n_jitted_steps`` of them in a scan.
+"""The train step: one optimizer update on a global batch, and ``n_jitted_steps`` of them per call.
 
 A step's loss is ``loss_fn(params, rng, batch) -> (loss, metrics)`` with ``batch`` a dict of
 arrays whose leading axis is the batch; whatever is trained (score model, classifier) only
 changes that function (docs/training.md).
 """
 
+import operator
 from collections.abc import Callable
 
 import jax
@@ -84,8 +85,14 @@ def _accumulate(grad_fn, params, rng, batch, num: int):
     return jax.tree.map(lambda v: v / num, total)
 
 
-def train_steps(state: TrainState, batches: dict, rng: jax.Array, **step_kwargs):
+def train_steps(
+    state: TrainState, batches: dict, rng: jax.Array, *, unroll: bool = False, **step_kwargs
+):
     """Runs `train_step` over the leading axis of ``batches`` with key fold_in(rng, step).
+
+    A ``lax.scan`` of the updates, or with ``unroll`` (and always for one update) one copy of the
+    step per update: XLA:CPU runs a step inside a loop about 14x slower, at many times the
+    memory (docs/performance.md, "Steps per dispatch"). Both give the same updates.
 
     Returns:
       The last state and the metrics of every step, stacked.
@@ -94,4 +101,11 @@ def train_steps(state: TrainState, batches: dict, rng: jax.Array, **step_kwargs)
     def body(state, batch):
         return train_step(state, batch, jax.random.fold_in(rng, state.step), **step_kwargs)
 
-    return jax.lax.scan(body, state, batches)
+    length = jax.tree.leaves(batches)[0].shape[0]
+    if not unroll and length > 1:
+        return jax.lax.scan(body, state, batches)
+    metrics = []
+    for i in range(length):
+        state, step_metrics = body(state, jax.tree.map(operator.itemgetter(i), batches))
+        metrics.append(step_metrics)
+    return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
