@@ -317,7 +317,7 @@ def test_unrolled_steps_match_the_scan_and_leave_no_loop():
     np.testing.assert_allclose(unrolled.params["w"], scanned.params["w"], rtol=1e-6)
     np.testing.assert_allclose(unrolled.ema_params["w"], scanned.ema_params["w"], rtol=1e-6)
 
-    def loops(xs, unroll):  # XLA:CPU runs a step inside a while loop ~14x slower
+    def loops(xs, unroll):  # XLA:CPU runs a step inside a while loop up to 14x slower
         jaxpr = jax.make_jaxpr(lambda s, x: _steps(s, x, config, unroll))(state, xs)
         return [e.primitive.name for e in jaxpr.eqns if e.primitive.name in ("scan", "while")]
 

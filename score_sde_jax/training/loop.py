@@ -291,7 +291,7 @@ def _train_steps_fn(config, task, optimizer, mesh):
     ``mesh``: ``(state, batches [n_jitted_steps, B, ...], rng) -> (state, metrics)``."""
     replicated = NamedSharding(mesh, P())
     batches = NamedSharding(mesh, P(None, "data"))
-    # A step inside a loop is ~14x slower on XLA:CPU (`train_steps`): one copy per update there.
+    # XLA:CPU runs a step inside a loop up to 14x slower (`train_steps`): one copy per update.
     on_cpu = mesh.devices.flat[0].platform == "cpu"
     return jax.jit(
         functools.partial(
