@@ -97,16 +97,22 @@ def _quadratic_loss(params, rng, x):
     return jnp.mean(jnp.sum((x * params["w"] - 1.0) ** 2, axis=-1))
 
 
+def _step_kwargs(config):
+    return {
+        "loss_fn": training.image_loss(_quadratic_loss),
+        "optimizer": training.create_optimizer(config),
+        "learning_rate_fn": training.create_learning_rate_fn(config),
+        "ema_rate": 0.9,
+    }
+
+
 def _step(state, x, config, grad_accum_steps=1):
     return training.train_step(
         state,
         {"image": x},
         jax.random.PRNGKey(0),
-        loss_fn=training.image_loss(_quadratic_loss),
-        optimizer=training.create_optimizer(config),
-        learning_rate_fn=training.create_learning_rate_fn(config),
-        ema_rate=0.9,
         grad_accum_steps=grad_accum_steps,
+        **_step_kwargs(config),
     )
 
 
@@ -148,6 +154,32 @@ def test_gradient_accumulation_matches_the_full_batch():
     accumulated, m_acc = _step(state, x, config, grad_accum_steps=4)
     np.testing.assert_allclose(m_acc["loss"], m_full["loss"], rtol=1e-6)
     np.testing.assert_allclose(accumulated.params["w"], full.params["w"], rtol=1e-6)
+
+
+def _steps(state, xs, config, unroll):
+    return training.train_steps(
+        state, {"image": xs}, jax.random.PRNGKey(0), unroll=unroll, **_step_kwargs(config)
+    )
+
+
+def test_unrolled_steps_match_the_scan_and_leave_no_loop():
+    config = toy_config()
+    config.optim.warmup = 0
+    xs = jnp.asarray(np.random.default_rng(2).normal(size=(3, 8, 2)), jnp.float32)
+    state = _quadratic_state(config)
+    scanned, m_scan = _steps(state, xs, config, unroll=False)
+    unrolled, m_unroll = _steps(state, xs, config, unroll=True)
+    assert int(unrolled.step) == 3 and m_unroll["loss"].shape == (3,)
+    np.testing.assert_allclose(m_unroll["loss"], m_scan["loss"], rtol=1e-6)
+    np.testing.assert_allclose(unrolled.params["w"], scanned.params["w"], rtol=1e-6)
+    np.testing.assert_allclose(unrolled.ema_params["w"], scanned.ema_params["w"], rtol=1e-6)
+
+    def loops(xs, unroll):  # XLA:CPU runs a step inside a while loop up to 14x slower
+        jaxpr = jax.make_jaxpr(lambda s, x: _steps(s, x, config, unroll))(state, xs)
+        return [e.primitive.name for e in jaxpr.eqns if e.primitive.name in ("scan", "while")]
+
+    assert loops(xs, unroll=False) == ["scan"]
+    assert loops(xs, unroll=True) == [] and loops(xs[:1], unroll=False) == []
 
 
 def test_validate_config_names_the_bad_key():
@@ -290,39 +322,6 @@ def test_restore_raises_and_renames_nothing_when_no_checkpoint_fits(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # End-to-end runs of the shipped configs.
 # ----------------------------------------------------------------------------------------------
-
-
-def _steps(state, xs, config, unroll):
-    return training.train_steps(
-        state,
-        {"image": xs},
-        jax.random.PRNGKey(0),
-        unroll=unroll,
-        loss_fn=training.image_loss(_quadratic_loss),
-        optimizer=training.create_optimizer(config),
-        learning_rate_fn=training.create_learning_rate_fn(config),
-        ema_rate=0.9,
-    )
-
-
-def test_unrolled_steps_match_the_scan_and_leave_no_loop():
-    config = toy_config()
-    config.optim.warmup = 0
-    xs = jnp.asarray(np.random.default_rng(2).normal(size=(3, 8, 2)), jnp.float32)
-    state = _quadratic_state(config)
-    scanned, m_scan = _steps(state, xs, config, unroll=False)
-    unrolled, m_unroll = _steps(state, xs, config, unroll=True)
-    assert int(unrolled.step) == 3 and m_unroll["loss"].shape == (3,)
-    np.testing.assert_allclose(m_unroll["loss"], m_scan["loss"], rtol=1e-6)
-    np.testing.assert_allclose(unrolled.params["w"], scanned.params["w"], rtol=1e-6)
-    np.testing.assert_allclose(unrolled.ema_params["w"], scanned.ema_params["w"], rtol=1e-6)
-
-    def loops(xs, unroll):  # XLA:CPU runs a step inside a while loop up to 14x slower
-        jaxpr = jax.make_jaxpr(lambda s, x: _steps(s, x, config, unroll))(state, xs)
-        return [e.primitive.name for e in jaxpr.eqns if e.primitive.name in ("scan", "while")]
-
-    assert loops(xs, unroll=False) == ["scan"]
-    assert loops(xs, unroll=True) == [] and loops(xs[:1], unroll=False) == []
 
 
 def one_device():
