@@ -57,8 +57,8 @@ def train_step_fn(config, model, optimizer, *, scan: bool = False, grad_accum_st
     if grad_accum_steps is None:
         grad_accum_steps = config.training.get("grad_accum_steps", 1)
     loss_fn = training.create_loss_fn(config, sde_lib.get_sde(config), model, train=True)
-    # Unrolled on a CPU, as the training loop runs it there (`training.train_steps`).
-    unrolled = {"unroll": jax.default_backend() == "cpu"} if scan else {}
+    # Unrolled where the training loop unrolls it.
+    unrolled = {"unroll": training.unrolls_on(jax.default_backend())} if scan else {}
     return functools.partial(
         training.train_steps if scan else training.train_step,
         **unrolled,

@@ -3,7 +3,8 @@
 * `state`: `TrainState` (parameters, EMA, optimizer state, step) and its one constructor.
 * `optimizer`: `create_optimizer` (clipping, Adam), `create_learning_rate_fn` (warm-up),
   `apply_update` (the update and the EMA).
-* `step`: `train_step` (one update, gradient accumulation) and `train_steps` (a scan of them).
+* `step`: `train_step` (one update, gradient accumulation), `train_steps` (several per call:
+  a scan, or unrolled where `unrolls_on` says so).
 * `loop`: `train(task_type, config, workdir)`, the driver: resume, dispatches, non-finite stop,
   checkpoint cadence, SIGTERM, logs.
 * `score_model`: the score model's task and `train_and_evaluate` (``python -m
@@ -36,7 +37,7 @@ from score_sde_jax.training.score_model import (
     train_and_evaluate,
 )
 from score_sde_jax.training.state import TrainState
-from score_sde_jax.training.step import image_loss, train_step, train_steps
+from score_sde_jax.training.step import image_loss, train_step, train_steps, unrolls_on
 
 __all__ = [
     "NonFiniteLossError",
@@ -57,5 +58,6 @@ __all__ = [
     "train_classifier",
     "train_step",
     "train_steps",
+    "unrolls_on",
     "validate_config",
 ]

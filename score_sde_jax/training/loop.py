@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from score_sde_jax import checkpoints, distributed, errors, outputs
 from score_sde_jax.training.optimizer import create_learning_rate_fn, create_optimizer
 from score_sde_jax.training.state import TrainState
-from score_sde_jax.training.step import train_steps
+from score_sde_jax.training.step import train_steps, unrolls_on
 
 # training.* step intervals; each must be a multiple of training.n_jitted_steps
 # (docs/original_code.md#training-evaluation-and-data).
@@ -291,8 +291,6 @@ def _train_steps_fn(config, task, optimizer, mesh):
     ``mesh``: ``(state, batches [n_jitted_steps, B, ...], rng) -> (state, metrics)``."""
     replicated = NamedSharding(mesh, P())
     batches = NamedSharding(mesh, P(None, "data"))
-    # XLA:CPU runs a step inside a loop up to 14x slower (`train_steps`): one copy per update.
-    on_cpu = mesh.devices.flat[0].platform == "cpu"
     return jax.jit(
         functools.partial(
             train_steps,
@@ -301,7 +299,7 @@ def _train_steps_fn(config, task, optimizer, mesh):
             learning_rate_fn=create_learning_rate_fn(config),
             ema_rate=task.ema_rate,
             grad_accum_steps=config.training.get("grad_accum_steps", 1),
-            unroll=on_cpu,
+            unroll=unrolls_on(mesh.devices.flat[0].platform),
         ),
         in_shardings=(replicated, batches, replicated),
         out_shardings=(replicated, replicated),

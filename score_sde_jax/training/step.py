@@ -85,6 +85,12 @@ def _accumulate(grad_fn, params, rng, batch, num: int):
     return jax.tree.map(lambda v: v / num, total)
 
 
+def unrolls_on(platform: str) -> bool:
+    """Whether `train_steps` unrolls its updates on devices of ``platform`` (``"cpu"``, ``"gpu"``, ...):
+    on the CPU, where XLA runs a step inside a loop up to 14x slower."""
+    return platform == "cpu"
+
+
 def train_steps(
     state: TrainState, batches: dict, rng: jax.Array, *, unroll: bool = False, **step_kwargs
 ):
