@@ -24,6 +24,7 @@ import importlib.util
 import os
 import pkgutil
 import platform
+import warnings
 
 # mallopt(3) parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -92,6 +93,11 @@ def cpu_only() -> bool:
 def apply() -> str:
     """What ``SCORE_SDE_REUSE_HOST_MEMORY`` asks for: 'one_arena', 'blocks' or 'off'."""
     requested = os.environ.get(ENV, "")
+    if requested not in ("", "0", "1"):
+        warnings.warn(
+            f"{ENV}={requested!r} is not 0 or 1; using the default (unset).", stacklevel=2
+        )
+        requested = ""
     if requested == "1" and one_arena():
         return "one_arena"
     if requested == "" and cpu_only() and reuse_blocks():

@@ -85,3 +85,10 @@ def test_blocks_only_where_jax_runs_on_the_cpu_alone(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     assert host_memory.apply() == "off"
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+
+
+def test_an_unknown_setting_warns_and_keeps_the_default(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")  # nothing is applied to this test process
+    monkeypatch.setenv(host_memory.ENV, "yes")
+    with pytest.warns(UserWarning, match="SCORE_SDE_REUSE_HOST_MEMORY='yes' is not 0 or 1"):
+        assert host_memory.apply() == "off"
