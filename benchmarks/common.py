@@ -18,7 +18,6 @@ import platform
 import jax
 import jax.numpy as jnp
 
-import score_sde_jax
 from score_sde_jax import models, sde_lib, training
 from score_sde_jax.data import pipeline
 from score_sde_jax.models import flops as flops_lib
@@ -166,7 +165,6 @@ def machine_info() -> dict:
         "device_count": len(devices),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "host_memory": score_sde_jax.HOST_MEMORY,
     }
 
 

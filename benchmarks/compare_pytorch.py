@@ -123,11 +123,10 @@ class JaxSide:
         del threads  # XLA:CPU uses every core of the machine (pin the process with taskset)
         import jax
 
-        # Before JAX starts its CPU backend, as in every command: its XLA flags and host memory.
-        import score_sde_jax
+        # Before JAX starts its CPU backend, as in every command: its XLA flag and host memory.
+        import score_sde_jax  # noqa: F401
 
         self.jax, self.steps = jax, steps
-        self.host_memory = score_sde_jax.HOST_MEMORY
         self.case = None
 
     def config(self, case, digits_workdir=None):
@@ -174,7 +173,6 @@ class JaxSide:
             "num_params": int(sum(p.size for p in jax.tree.leaves(self.params))),
             "init_s": round(init_s, 2),
             "device_kind": jax.devices()[0].device_kind,
-            "host_memory": self.host_memory,
             "compile_and_first_call_s": {},
         }
         self.fns = {}

@@ -55,11 +55,11 @@ def _use_cpu_library_flag() -> None:
 
 _use_cpu_library_flag()
 
-# Freed host memory serves XLA:CPU's next call instead of being mapped and zeroed again
-# (score_sde_jax.host_memory; SCORE_SDE_REUSE_HOST_MEMORY chooses how, or turns it off).
+# With SCORE_SDE_REUSE_HOST_MEMORY=1, freed host memory stays with the process
+# (score_sde_jax.host_memory): XLA:CPU's temporary buffers then cost no page faults.
 from score_sde_jax import host_memory  # noqa: E402
 
-HOST_MEMORY = host_memory.apply()
+host_memory.apply_requested()
 
 # XLA:CPU runs JAX's looped Threefry lowering slowly; the unrolled one gives the same bits
 # (score_sde_jax.threefry).

@@ -322,6 +322,10 @@ def test_naive_upsample_gradient_sums_windows_apart_from_the_convolution():
     np.testing.assert_allclose(
         np.asarray(vjp(jnp.asarray(g))[0]), g.reshape(2, 6, 2, 6, 2, 3).sum(axis=(2, 4)), rtol=1e-6
     )
+    _, tangent = jax.jvp(
+        lambda x: fir_ops.naive_upsample_2d(x, factor=2), (jnp.asarray(X),), (jnp.asarray(X),)
+    )
+    np.testing.assert_array_equal(np.asarray(tangent), X.repeat(2, 1).repeat(2, 2))
     x = jnp.asarray(RNG.normal(size=(2, 4, 4, 32)).astype(np.float32))
     w = jnp.asarray(RNG.normal(size=(3, 3, 32, 32)).astype(np.float32))
     dimensions = ("NHWC", "HWIO", "NHWC")
@@ -347,6 +351,11 @@ def test_concat_skip_gradient_is_the_split_cotangent():
     dh, dskip = vjp(jnp.asarray(g))
     np.testing.assert_array_equal(np.asarray(dh), g[..., :3])
     np.testing.assert_array_equal(np.asarray(dskip), g[..., 3:])
+    # Forward mode (the likelihood's Hutchinson JVPs) sees the plain concatenation.
+    _, tangent = jax.jvp(ncsnpp.concat_skip, (h, skip), (h * 2.0, skip * 3.0))
+    np.testing.assert_array_equal(
+        np.asarray(tangent), np.concatenate([X * 2, (X[..., :2] + 1) * 3], -1)
+    )
 
 
 def test_upsample_conv_2d_matches_stylegan2_transposed_conv():

@@ -1,5 +1,4 @@
-"""The package's default XLA:CPU flags (`score_sde_jax.CPU_LIBRARY_FLAG`, the host-memory blocks of
-`score_sde_jax.host_memory`; docs/performance.md)."""
+"""The package's default XLA:CPU flag (`score_sde_jax.CPU_LIBRARY_FLAG`, docs/performance.md)."""
 
 import os
 import subprocess
@@ -10,9 +9,8 @@ from conftest import REPO_ROOT
 SHOW = "import os, score_sde_jax; print(os.environ['XLA_FLAGS'])"
 
 
-def _flags_after_import(xla_flags, host_memory="0"):
+def _flags_after_import(xla_flags):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env |= {"JAX_PLATFORMS": "cpu", "SCORE_SDE_REUSE_HOST_MEMORY": host_memory}
     if xla_flags is not None:
         env["XLA_FLAGS"] = xla_flags
     result = subprocess.run(
@@ -30,11 +28,3 @@ def test_import_adds_the_flag_and_keeps_the_users():
     )
     own = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
     assert _flags_after_import(own) == own
-
-
-def test_cpu_only_runs_also_get_the_host_memory_blocks():
-    library = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce"
-    blocks = "--xla_multiheap_size_constraint_per_heap=16777216"
-    assert _flags_after_import(None, host_memory="") == f"{library} {blocks}"
-    own = "--xla_multiheap_size_constraint_per_heap=8388608"
-    assert _flags_after_import(own, host_memory="") == f"{own} {library}"
