@@ -18,13 +18,13 @@ KNOWN_ANSWERS = [
 ]
 
 
-def _on_cpu(counter_pairs: int, key, counter):
-    """JAX's threefry_2x32 (on the CPU in the test suite) over ``counter_pairs`` copies of ``counter``: (x0s, x1s)."""
-    key = jnp.asarray(np.array(key, np.uint32))
-    counts = jnp.asarray(np.repeat(np.array(counter, np.uint32), counter_pairs))
+def _on_cpu(key, x0, x1):
+    """JAX's threefry_2x32 (on the CPU in the test suite) of counters ``(x0, x1)`` under ``key``:
+    the outputs (2, n) and the compiled program's text."""
+    key, counts = jnp.asarray(np.array(key, np.uint32)), jnp.asarray(np.concatenate([x0, x1]))
     fn = jax.jit(jax_threefry_2x32)
-    out = np.asarray(fn(key, counts))
-    return out.reshape(2, counter_pairs), fn.lower(key, counts).compile().as_text()
+    out = np.asarray(fn(key, counts)).reshape(2, -1)
+    return out, fn.lower(key, counts).compile().as_text()
 
 
 @pytest.mark.parametrize("key, counter, expected", KNOWN_ANSWERS)
@@ -32,21 +32,21 @@ def test_known_answers(key, counter, expected):
     with np.errstate(over="ignore"):
         got = threefry.threefry_2x32(*(np.uint32(v) for v in (*key, *counter)))
     assert tuple(int(v) for v in got) == expected
-    for pairs in (1, threefry.UNROLL_MIN_SIZE):  # the looped and the written-out lowering
-        out, _ = _on_cpu(pairs, key, counter)
+    for n in (1, threefry.UNROLL_MIN_SIZE):  # the looped and the written-out lowering
+        out, _ = _on_cpu(key, *(np.full(n, c, np.uint32) for c in counter))
         assert (out[0] == expected[0]).all() and (out[1] == expected[1]).all()
 
 
 def test_large_arrays_leave_no_loop_and_match_numpy():
     rng = np.random.default_rng(0)
     key = rng.integers(0, 2**32, 2, dtype=np.uint64).astype(np.uint32)
-    n = threefry.UNROLL_MIN_SIZE
-    counts = rng.integers(0, 2**32, (2, n), dtype=np.uint64).astype(np.uint32)
-    fn = jax.jit(jax_threefry_2x32)
-    out = np.asarray(fn(key, counts.reshape(-1)))
+    counts = rng.integers(0, 2**32, (2, threefry.UNROLL_MIN_SIZE), dtype=np.uint64).astype(
+        np.uint32
+    )
+    out, program = _on_cpu(key, *counts)
     with np.errstate(over="ignore"):
         expected = threefry.threefry_2x32(key[0], key[1], counts[0], counts[1])
-    np.testing.assert_array_equal(out.reshape(2, n), np.stack(expected))
-    assert "while" not in fn.lower(key, counts.reshape(-1)).compile().as_text()
-    _, small_program = _on_cpu(1, (0, 0), (0, 0))
+    np.testing.assert_array_equal(out, np.stack(expected))
+    assert "while" not in program
+    _, small_program = _on_cpu((0, 0), np.zeros(1, np.uint32), np.zeros(1, np.uint32))
     assert "while" in small_program
