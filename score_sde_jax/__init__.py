@@ -55,7 +55,7 @@ def _use_cpu_library_flag() -> None:
 
 _use_cpu_library_flag()
 
-# With SCORE_SDE_REUSE_HOST_MEMORY=1, freed host memory stays with the process
+# On CPU-only runs, each call of a compiled program reuses the host memory of the call before
 # (score_sde_jax.host_memory): XLA:CPU's temporary buffers then cost no page faults.
 from score_sde_jax import host_memory  # noqa: E402
 
