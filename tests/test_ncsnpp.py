@@ -17,7 +17,7 @@ from conftest import FIXTURES as FIXTURES_ROOT
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from score_sde_jax.models import fir as fir_ops
-from score_sde_jax.models import get_model, ncsnpp
+from score_sde_jax.models import get_model, layers
 
 FIXTURES = FIXTURES_ROOT / "official_models"
 CASES = ("ncsnpp_ve_small", "ddpmpp_vp_small", "ncsnpp_outputskip_small")
@@ -345,14 +345,14 @@ def test_naive_upsample_gradient_sums_windows_apart_from_the_convolution():
 
 def test_concat_skip_gradient_is_the_split_cotangent():
     h, skip = jnp.asarray(X), jnp.asarray(X[..., :2] + 1.0)
-    out, vjp = jax.vjp(ncsnpp.concat_skip, h, skip)
+    out, vjp = jax.vjp(layers.concat_skip, h, skip)
     np.testing.assert_array_equal(np.asarray(out), np.concatenate([X, X[..., :2] + 1.0], -1))
     g = RNG.normal(size=(2, 6, 6, 5)).astype(np.float32)
     dh, dskip = vjp(jnp.asarray(g))
     np.testing.assert_array_equal(np.asarray(dh), g[..., :3])
     np.testing.assert_array_equal(np.asarray(dskip), g[..., 3:])
     # Forward mode (the likelihood's Hutchinson JVPs) sees the plain concatenation.
-    _, tangent = jax.jvp(ncsnpp.concat_skip, (h, skip), (h * 2.0, skip * 3.0))
+    _, tangent = jax.jvp(layers.concat_skip, (h, skip), (h * 2.0, skip * 3.0))
     np.testing.assert_array_equal(
         np.asarray(tangent), np.concatenate([X * 2, (X[..., :2] + 1) * 3], -1)
     )

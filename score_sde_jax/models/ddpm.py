@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from score_sde_jax.models import register_model
 from score_sde_jax.models.layers import (
     NIN,
+    concat_skip,
     ddpm_conv3x3,
     default_init,
     get_act,
@@ -234,7 +235,7 @@ class DDPM(nn.Module):
         for i_level in reversed(range(num_resolutions)):
             for _ in range(self.num_res_blocks + 1):
                 h = resnet_block(out_ch=self.nf * self.ch_mult[i_level])(
-                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train
+                    concat_skip(h, hs.pop()), temb, train
                 )
             if h.shape[1] in self.attn_resolutions:
                 h = attn_block()(h)

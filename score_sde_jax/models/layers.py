@@ -152,6 +152,29 @@ def sigmas_of_labels(labels, sigma_min: float, sigma_max: float, num_scales: int
 
 
 # ----------------------------------------------------------------------------------------------
+# Skip connections (the U-Nets' up paths).
+# ----------------------------------------------------------------------------------------------
+
+
+@jax.custom_jvp
+def concat_skip(h, skip):
+    """``concatenate([h, skip], axis=-1)``: a U-Net up path's input with its skip connection.
+
+    Its gradient is the cotangent split in two. Written by autodiff, XLA:CPU fuses the split into
+    every consumer and computes the residual blocks' gradient chain again in each (DDPM++: four
+    copies, 114 ms per step). The tangent rule ends in an ``optimization_barrier``, whose transpose
+    makes reverse mode compute the cotangent once (docs/performance.md, "Fusions that cost");
+    forward mode works as before. Same values.
+    """
+    return jnp.concatenate([h, skip], axis=-1)
+
+
+@concat_skip.defjvp
+def _concat_skip_jvp(primals, tangents):
+    return concat_skip(*primals), jax.lax.optimization_barrier(jnp.concatenate(tangents, axis=-1))
+
+
+# ----------------------------------------------------------------------------------------------
 # GroupNorm and rematerialisation (NCSN++ / DDPM++).
 # ----------------------------------------------------------------------------------------------
 

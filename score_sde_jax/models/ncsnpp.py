@@ -20,6 +20,7 @@ from score_sde_jax.models import fir, register_model
 from score_sde_jax.models.layers import (
     NIN,
     GaussianFourierProjection,
+    concat_skip,
     ddpm_conv1x1,
     ddpm_conv3x3,
     default_init,
@@ -36,24 +37,6 @@ PROGRESSIVE = ("none", "output_skip", "residual")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 PROGRESSIVE_COMBINE = ("sum", "cat")
 EMBEDDING_TYPES = ("fourier", "positional")
-
-
-@jax.custom_jvp
-def concat_skip(h, skip):
-    """``concatenate([h, skip], axis=-1)``: the up path's input with its skip connection.
-
-    Its gradient is the cotangent split in two. Written by autodiff, XLA:CPU fuses the split into
-    every consumer and computes the gradient chain of the residual blocks again in each (4 copies
-    of 114 ms per DDPM++ step). The tangent rule ends in an ``optimization_barrier``, whose
-    transpose makes reverse mode compute the cotangent once (docs/performance.md, "Fusions that
-    cost"); forward mode works as before. Same values.
-    """
-    return jnp.concatenate([h, skip], axis=-1)
-
-
-@concat_skip.defjvp
-def _concat_skip_jvp(primals, tangents):
-    return concat_skip(*primals), jax.lax.optimization_barrier(jnp.concatenate(tangents, axis=-1))
 
 
 class Combine(nn.Module):
