@@ -29,10 +29,15 @@ def _rounds(x0, x1, rotations):
     return x0, x1
 
 
+def _key_schedule(k0, k1):
+    """The three keys injected in turn: the key's two words and their parity word."""
+    return k0, k1, k0 ^ k1 ^ _PARITY
+
+
 def threefry_2x32(k0, k1, x0, x1):
     """The Threefry-2x32 hash (20 rounds) of counters ``(x0, x1)`` under key ``(k0, k1)``:
     uint32 arrays of one shape (NumPy or JAX), rounds written out."""
-    keys = (k0, k1, k0 ^ k1 ^ _PARITY)
+    keys = _key_schedule(k0, k1)
     x0, x1 = x0 + keys[0], x1 + keys[1]
     for group in range(1, 6):
         x0, x1 = _rounds(x0, x1, _ROTATIONS[(group - 1) % 2])
@@ -50,7 +55,7 @@ def threefry_2x32_looped(k0, k1, x0, x1):
         x0, x1 = _rounds(x0, x1, lax.dynamic_index_in_dim(_ROTATIONS, (g - 1) % 2, 0, False))
         return x0 + ka, x1 + kb + g.astype(np.uint32), kb, kc, ka
 
-    k2 = k0 ^ k1 ^ _PARITY
+    k0, k1, k2 = _key_schedule(k0, k1)
     carry = (x0 + k0, x1 + k1, k1, k2, k0)
     return lax.fori_loop(1, 6, group, carry)[:2]
 
